@@ -1,0 +1,34 @@
+# kanband: two commands on a fresh machine.
+#   make run   create .venv, install, start the daemon in the foreground (XDG state dir, example profiles)
+#   make test  create .venv, install, run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench docs clean check-config
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kanband --config examples/config.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+docs: $(STAMP)
+	$(BIN)/python -m client.protocol > docs/protocol.md
+	$(BIN)/python -m daemon.config > docs/config.md
+
+check-config: $(STAMP)
+	$(BIN)/kanband --check-config --config examples/config.yaml
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The ``kanban`` client: stdlib only, talks to kanband over its Unix socket."""

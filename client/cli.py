@@ -1,0 +1,382 @@
+"""The ``kanban`` command line. Stdlib only; never opens the database.
+
+Runs in: the user's shell, a worker, or an orchestrating agent.
+
+Sub-commands and their arguments are built from ``client.protocol.METHODS``:
+each method with a ``verb`` becomes ``kanban VERB``, each param an argument.
+Human output comes from the formatters below; ``--json`` prints the result
+object and nothing else. Errors print one line on stderr and exit 1 (the
+daemon refused) or 2 (usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from client import protocol
+from client.rpc import Client, NotRunning, ServerError
+
+#: Flags whose CLI name differs from the wire name (repeatable singular forms).
+FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kinds": "kinds"}
+#: CLI-only verbs that reuse a method with fixed params.
+EXTRA_VERBS = {"tail": ("events.follow", "Stream one task's events (the single-task form of watch)")}
+COMMA_LISTS = {"status", "kinds"}
+
+COLORS = {"ready": "32", "running": "36", "blocked": "31", "done": "2", "todo": "33", "triage": "35",
+          "archived": "2", "review": "34", "scheduled": "34"}
+
+
+def use_color() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def paint(text: str, status: str, color: bool) -> str:
+    code = COLORS.get(status)
+    return f"\033[{code}m{text}\033[0m" if color and code else text
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def verbs() -> dict[str, tuple[protocol.Method, str]]:
+    out = {}
+    for m in protocol.METHODS.values():
+        if m.verb and not m.internal:
+            out[m.verb] = (m, m.doc)
+            for a in m.aliases:
+                out[a] = (m, m.doc)
+    for verb, (name, doc) in EXTRA_VERBS.items():
+        out[verb] = (protocol.METHODS[name], doc)
+    return out
+
+
+def add_params(sp: argparse.ArgumentParser, method: protocol.Method, verb: str) -> None:
+    for p in method.params:
+        kw: dict[str, Any] = {"help": p.doc}
+        if verb == "tail" and p.name == "task":
+            sp.add_argument("task", metavar="ID", help="task id")
+            continue
+        if p.cli.startswith("pos"):
+            if p.type == "list":
+                kw["nargs"] = "+" if p.cli == "pos+" else "*"
+            elif p.cli != "pos" or not p.required:
+                kw["nargs"] = "?"
+            if p.type == "int":
+                kw["type"] = int
+            sp.add_argument(p.name, metavar=p.name.upper(), **kw)
+            continue
+        flag = "--" + FLAG_NAMES.get(p.name, p.name).replace("_", "-")
+        names = [flag] + ([f"-{p.short}"] if p.short else [])
+        if p.type == "bool":
+            kw["action"] = "store_true"
+        elif p.type == "list":
+            kw["action"] = "append"
+        elif p.type == "int":
+            kw["type"] = int
+        elif p.type == "float":
+            kw["type"] = float
+        if p.choices:
+            kw["choices"] = p.choices
+        sp.add_argument(*names, dest=p.name, **kw)
+    if method.name == "task.assign":
+        sp.add_argument("--none", action="store_true", help="unassign")
+
+
+def build_parser(only: str | None = None) -> Parser:
+    parser = Parser(prog="kanban", description="kanban: talk to the kanband task board.")
+    parser.add_argument("--socket", help="daemon socket (default: $KANBAN_SOCKET or the XDG runtime dir)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for verb, (method, doc) in verbs().items():
+        if only is not None and verb.split()[0] != only:
+            continue
+        if " " in verb:
+            group, leaf = verb.split(" ", 1)
+            if group not in groups:
+                gp = sub.add_parser(group, help=f"{group} sub-commands")
+                groups[group] = gp.add_subparsers(dest="leaf", metavar="ACTION", required=True, parser_class=Parser)
+            sp = groups[group].add_parser(leaf, help=doc, description=doc)
+        else:
+            sp = sub.add_parser(verb, help=doc, description=doc)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON only")
+        sp.set_defaults(_method=method.name, _verb=verb)
+        add_params(sp, method, verb)
+    return parser
+
+
+def collect(ns: argparse.Namespace) -> dict[str, Any]:
+    method = protocol.METHODS[ns._method]
+    params: dict[str, Any] = {}
+    for p in method.params:
+        if not hasattr(ns, p.name):
+            continue
+        value = getattr(ns, p.name)
+        if p.type == "list" and value is not None:
+            if p.name in COMMA_LISTS:
+                value = [v for item in value for v in item.split(",") if v]
+            if not value:
+                value = None
+        if p.type == "dict" and value is not None:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise UsageError(f"kanban {ns._verb}: --{p.name} must be a JSON object") from None
+            if not isinstance(value, dict):
+                raise UsageError(f"kanban {ns._verb}: --{p.name} must be a JSON object")
+        if p.type == "bool" and value is False:
+            value = None
+        if value is None and p.env and os.environ.get(p.env):
+            value = [os.environ[p.env]] if p.type == "list" else os.environ[p.env]
+        if value is not None:
+            params[p.name] = value
+    if method.name == "task.assign":
+        if getattr(ns, "none", False):
+            params["assignee"] = None
+        elif "assignee" not in params:
+            raise UsageError("kanban assign: give an ASSIGNEE, or --none to unassign")
+    for p in method.params:
+        if p.required and p.name not in params:
+            raise UsageError(f"kanban {ns._verb}: missing {p.name.upper() if p.cli.startswith('pos') else '--' + p.name}")
+    return params
+
+
+# ---- human output ---------------------------------------------------------------
+
+def ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    d = max(0.0, time.time() - ts)
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if d >= n:
+            return f"{d / n:.0f}{unit}"
+    return f"{d:.0f}s"
+
+
+def dur(sec: float | None) -> str:
+    if sec is None:
+        return "-"
+    return f"{sec:.1f}s" if sec < 120 else f"{sec / 60:.1f}m"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(strip_ansi(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(header, widths)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c + " " * (w - len(strip_ansi(c))) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def strip_ansi(s: str) -> str:
+    import re
+    return re.sub(r"\033\[[0-9;]*m", "", s)
+
+
+def fmt_task_line(t: dict[str, Any]) -> str:
+    return f"{t['id']}  {t['status']:<8} {t['title']}"
+
+
+def fmt_list(r: dict[str, Any], color: bool) -> str:
+    rows = [[t["id"], paint(t["status"], t["status"], color), str(t["priority"]), t["assignee"] or "-",
+             ago(t["updated_at"]), t["title"]] for t in r["tasks"]]
+    if not rows:
+        return "no tasks"
+    out = table(rows, ["id", "status", "pri", "assignee", "updated", "title"])
+    if r["total"] > len(rows):
+        out += f"\n({len(rows)} of {r['total']} shown)"
+    return out
+
+
+def fmt_show(r: dict[str, Any], color: bool) -> str:
+    t = r["task"]
+    lines = [f"{t['id']}  {paint(t['status'], t['status'], color)}  {t['title']}"]
+    for key in ("assignee", "priority", "tenant", "created_by", "summary", "result", "block_reason"):
+        if t.get(key) not in (None, ""):
+            lines.append(f"  {key + ':':<14}{t[key]}")
+    lines.append(f"  {'workspace:':<14}{t['workspace']['kind']}{' ' + t['workspace']['path'] if t['workspace']['path'] else ''}")
+    lines.append(f"  {'created:':<14}{ago(t['created_at'])} ago   failures: {t['consecutive_failures']}")
+    if t["body"]:
+        lines += ["", *("  " + line for line in t["body"].splitlines())]
+    for label, key in (("parents", "parents"), ("children", "children")):
+        if r[key]:
+            lines += ["", f"{label}:"] + [f"  {x['id']}  {paint(x['status'], x['status'], color):<8} {x['title']}"
+                                          for x in r[key]]
+    if r["runs"]:
+        lines += ["", "runs:"] + [f"  {x['id']}  {x['outcome'] or x['state']:<18} exit={x['exit_code']} "
+                                  f"{dur(x['duration'])}  {x['summary'] or ''}".rstrip() for x in r["runs"]]
+    if r["comments"]:
+        lines += ["", "comments:"] + [f"  [{ago(c['created_at'])} ago] {c['author'] or '?'}: {c['body']}"
+                                      for c in r["comments"]]
+    if r["events"]:
+        lines += ["", "recent events:"] + [f"  #{e['id']} {ago(e['at'])} ago  {e['kind']}" for e in r["events"]]
+    return "\n".join(lines)
+
+
+def fmt_stats(r: dict[str, Any], color: bool) -> str:
+    rows = [[paint(s, s, color), str(n)] for s, n in r["by_status"].items() if n]
+    out = table(rows or [["-", "0"]], ["status", "count"])
+    if r["by_assignee"]:
+        statuses = sorted({s for v in r["by_assignee"].values() for s in v})
+        arows = [[a] + [str(v.get(s, 0)) for s in statuses] for a, v in sorted(r["by_assignee"].items())]
+        out += "\n\n" + table(arows, ["assignee", *statuses])
+    age = r["oldest_ready_age"]
+    out += f"\n\ntotal {r['total']}; oldest ready task waiting {dur(age) if age is not None else '-'}"
+    return out
+
+
+def fmt_status(r: dict[str, Any], color: bool) -> str:
+    s = r["summary"]
+    lines = [f"kanband {r['version']}  pid {r['pid']}  up {dur(r['uptime'])}",
+             f"board   {r['board']}", f"socket  {r['socket']}", f"config  {r['config'] or '(defaults)'}", ""]
+    rows = [[x["name"], str(x.get("pid") or "-"), x.get("state", "?"), str(x.get("restarts", 0)),
+             (dur(x["heartbeat_age"]) + " ago") if x.get("heartbeat_age") is not None else "-"]
+            for x in r["roles"]]
+    lines.append(table(rows, ["role", "pid", "state", "restarts", "heartbeat"]))
+    if r.get("flapping"):
+        lines.append(f"FLAPPING: {', '.join(r['flapping'])}")
+    lines += ["", ", ".join(f"{n} {k}" for k, n in s.items() if n) or "board is empty"]
+    return "\n".join(lines)
+
+
+def fmt_runs(r: dict[str, Any], color: bool) -> str:
+    rows = [[x["id"], x["outcome"] or x["state"], str(x["exit_code"] if x["exit_code"] is not None else
+                                                       (f"sig{x['signal']}" if x["signal"] else "-")),
+             dur(x["duration"]), x["summary"] or (x["error"] or "").split("\n")[0]] for x in r["runs"]]
+    return table(rows, ["run", "outcome", "exit", "duration", "summary"]) if rows else "no runs"
+
+
+def fmt_plan(r: dict[str, Any], color: bool) -> str:
+    rows = [[x["task"], x["decision"], x["assignee"] or "-", x["reason"]] for x in r["plan"]]
+    out = table(rows, ["task", "decision", "assignee", "reason"]) if rows else "no ready tasks"
+    if not r.get("reaper_attached", True):
+        out += "\nnote: the reaper is not attached; nothing starts until it is"
+    return out
+
+
+def fmt_dispatch(r: dict[str, Any], color: bool) -> str:
+    verb = "would start" if r.get("dry_run") else "started"
+    lines = [f"{verb} {x['task']} ({x['profile']})" for x in r["started"]]
+    lines += [f"skipped {x['task']}: {x['reason']}" for x in r.get("skipped", [])]
+    if r.get("note"):
+        lines.append(f"note: {r['note']}")
+    return "\n".join(lines) or "nothing to start"
+
+
+def fmt_event(e: dict[str, Any]) -> str:
+    ts = time.strftime("%H:%M:%S", time.localtime(e["at"]))
+    extra = " ".join(f"{k}={v}" for k, v in e["payload"].items() if v not in (None, "", [], {}) and k != "workspace")
+    return f"{ts} #{e['id']} {e['task_id'] or '-'} {e['kind']} {extra}".rstrip()
+
+
+def fmt_tasks(r: dict[str, Any], color: bool) -> str:
+    lines = [fmt_task_line(t) for t in r["tasks"]]
+    if r.get("promoted"):
+        lines.append("promoted: " + ", ".join(r["promoted"]))
+    return "\n".join(lines)
+
+
+def fmt_default(r: Any, color: bool) -> str:
+    if isinstance(r, dict) and "id" in r and "status" in r and "title" in r:
+        return fmt_task_line(r)
+    if isinstance(r, dict):
+        return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in r.items())
+    return str(r)
+
+
+FORMATTERS = {
+    "list": fmt_list, "ls": fmt_list, "show": fmt_show, "stats": fmt_stats, "status": fmt_status,
+    "runs": fmt_runs, "plan": fmt_plan, "dispatch": fmt_dispatch, "complete": fmt_tasks, "block": fmt_tasks,
+    "unblock": fmt_tasks, "archive": fmt_tasks,
+    "create": lambda r, c: r["id"] if not sys.stdout.isatty() else f"{'created' if r['created'] else 'exists'} "
+                                                                     f"{r['id']} ({r['status']})",
+    "log": lambda r, c: r["text"].rstrip("\n") if r["exists"] else f"no log yet at {r['path']}",
+    "events": lambda r, c: "\n".join(fmt_event(e) for e in r["events"]) or "no events",
+    "link": lambda r, c: f"{r['parent']} -> {r['child']} (child is {r['child_status']})",
+    "unlink": lambda r, c: f"unlinked {r['parent']} -> {r['child']} (child is {r['child_status']})",
+    "heartbeat": lambda r, c: f"claim on {r['task']} extended until {time.strftime('%H:%M:%S', time.localtime(r['claim_expires']))}",
+}
+
+
+def stream(client: Client, verb: str, params: dict[str, Any], as_json: bool) -> int:
+    if verb == "tail":
+        recent = client.call("events.since", {"task": params["task"], "after": 0})
+        params.setdefault("after", recent["events"][-1]["id"] if recent["events"] else recent["last_id"])
+        for e in recent["events"][-20:]:
+            print(json.dumps(e) if as_json else fmt_event(e), flush=True)
+    try:
+        for e in client.follow(params):
+            print(json.dumps(e) if as_json else fmt_event(e), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def pick_verb(argv: list[str]) -> str | None:
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--socket":
+            skip = True
+            continue
+        if a.startswith("-"):
+            continue
+        return a
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    first = pick_verb(argv)
+    known = {v.split()[0] for v in verbs()}
+    try:
+        parser = build_parser(first if first in known else None)
+        ns = parser.parse_args(argv)
+        if not getattr(ns, "verb", None):
+            parser.print_help()
+            return 2
+        params = collect(ns)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    as_json = bool(getattr(ns, "json", False))
+    try:
+        with Client(ns.socket) as client:
+            if protocol.METHODS[ns._method].stream:
+                return stream(client, ns._verb, params, as_json)
+            result = client.call(ns._method, params)
+    except NotRunning as exc:
+        print(f"kanban: {exc}", file=sys.stderr)
+        return 1
+    except ServerError as exc:
+        print(f"kanban: {exc.name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"kanban: connection to kanband failed: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(result, indent=None, separators=(",", ":")))
+    else:
+        fmt = FORMATTERS.get(ns._verb, fmt_default)
+        out = fmt(result, use_color())
+        if out:
+            print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

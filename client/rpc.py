@@ -1,0 +1,126 @@
+"""Client side of the JSON-RPC transport. Stdlib only.
+
+Runs in: the ``kanban`` CLI, workers, tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+CONNECT_RETRY = 2.0  # seconds: ride out a daemon restart
+
+
+class NotRunning(Exception):
+    """No daemon answers on the socket."""
+
+
+class ServerError(Exception):
+    """The daemon answered with a JSON-RPC error."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", "error"))
+        self.error = error
+        self.code = error.get("code")
+        self.name = (error.get("data") or {}).get("name", "error")
+
+
+def default_socket() -> str:
+    """``$XDG_RUNTIME_DIR/kanban/kanband.sock``, or ``/tmp/kanban-<uid>/kanband.sock`` without a runtime dir."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "kanban", "kanband.sock")
+    return f"/tmp/kanban-{os.getuid()}/kanband.sock"
+
+
+def socket_path(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("KANBAN_SOCKET") or default_socket()
+
+
+class Client:
+    """A connection to kanband. ``call`` sends one request and waits for its answer."""
+
+    def __init__(self, path: str | None = None, retry: float = CONNECT_RETRY, timeout: float | None = 30.0) -> None:
+        self.path = socket_path(path)
+        self.sock = self._connect(retry)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        self.ids = itertools.count(1)
+
+    def _connect(self, retry: float) -> socket.socket:
+        deadline = time.monotonic() + retry
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.path)
+                return sock
+            except OSError as exc:
+                sock.close()
+                if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN) \
+                        or time.monotonic() >= deadline:
+                    raise NotRunning(
+                        f"kanband is not running (no socket at {self.path}); start it with `kanband` or "
+                        "`systemctl --user start kanband`") from None
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def send(self, method: str, params: dict[str, Any] | None = None) -> int:
+        rid = next(self.ids)
+        frame = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}
+        self.sock.sendall(json.dumps(frame, separators=(",", ":")).encode() + b"\n")
+        return rid
+
+    def read(self) -> dict[str, Any]:
+        """The next frame from the daemon (a response or a pushed notification)."""
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(262144)
+            if not chunk:
+                raise NotRunning("kanband closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Send a request and return its result.
+
+        Raises:
+            ServerError: The daemon answered with an error.
+        """
+        rid = self.send(method, params)
+        while True:
+            msg = self.read()
+            if msg.get("id") == rid:
+                if "error" in msg:
+                    raise ServerError(msg["error"])
+                return msg["result"]
+            if msg.get("id") is None and "error" in msg:
+                raise ServerError(msg["error"])
+
+    def follow(self, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """``events.follow``: yields events as the daemon pushes them."""
+        self.sock.settimeout(None)
+        self.call("events.follow", params)
+        while True:
+            msg = self.read()
+            if msg.get("method") == "event":
+                yield msg["params"]
+
+
+def call(method: str, params: dict[str, Any] | None = None, path: str | None = None) -> Any:
+    """One request on a fresh connection."""
+    with Client(path) as c:
+        return c.call(method, params)

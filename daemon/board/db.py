@@ -1,0 +1,189 @@
+"""Board database: connection settings, versioned migrations, transactions.
+
+Runs in: any process that opens the board (the dispatcher as the single
+writer; read-only helpers such as ``bench/`` builders). A connection is never
+carried across a fork: each role opens its own after forking.
+
+Durability: WAL journal with ``synchronous=FULL``, so an acknowledged commit
+survives a kill -9 of any process. Every write is one ``BEGIN IMMEDIATE``
+transaction (see :func:`write`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 5000
+
+# Each entry upgrades the schema from version i to i+1. Never edit a shipped
+# migration; append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: the first schema.
+    """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL DEFAULT '',
+        assignee TEXT,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        tenant TEXT,
+        created_by TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        ready_at REAL,
+        idempotency_key TEXT,
+        max_runtime REAL,
+        max_retries INTEGER,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        summary TEXT,
+        block_reason TEXT,
+        workspace_kind TEXT NOT NULL DEFAULT 'scratch',
+        workspace_path TEXT,
+        current_run TEXT,
+        cooldown_until REAL,
+        skip_noted TEXT
+    );
+    CREATE INDEX tasks_status ON tasks(status, priority DESC, created_at);
+    CREATE INDEX tasks_dispatch ON tasks(status, assignee, priority DESC, created_at);
+    CREATE UNIQUE INDEX tasks_idem ON tasks(idempotency_key)
+        WHERE idempotency_key IS NOT NULL AND status != 'archived';
+    CREATE TABLE links (
+        parent TEXT NOT NULL REFERENCES tasks(id),
+        child TEXT NOT NULL REFERENCES tasks(id),
+        PRIMARY KEY (parent, child)
+    ) WITHOUT ROWID;
+    CREATE INDEX links_child ON links(child, parent);
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL REFERENCES tasks(id),
+        profile TEXT,
+        state TEXT NOT NULL,
+        outcome TEXT,
+        exit_code INTEGER,
+        signal INTEGER,
+        pid INTEGER,
+        start_time REAL,
+        worker_pid INTEGER,
+        claimed_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        claim_expires REAL,
+        last_heartbeat REAL,
+        heartbeat_note TEXT,
+        summary TEXT,
+        metadata TEXT,
+        error TEXT,
+        kill_reason TEXT
+    );
+    CREATE INDEX runs_task ON runs(task_id, claimed_at);
+    CREATE INDEX runs_active ON runs(state) WHERE state != 'ended';
+    CREATE TABLE comments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT NOT NULL REFERENCES tasks(id),
+        author TEXT,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX comments_task ON comments(task_id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT,
+        run_id TEXT,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}',
+        at REAL NOT NULL
+    );
+    CREATE INDEX events_task ON events(task_id, id);
+    CREATE TABLE subscriptions (
+        id TEXT PRIMARY KEY,
+        sink TEXT NOT NULL,
+        task_id TEXT,
+        descendants INTEGER NOT NULL DEFAULT 0,
+        assignee TEXT,
+        tenant TEXT,
+        kinds TEXT,
+        after_id INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX subscriptions_sink ON subscriptions(sink);
+    CREATE TABLE sinks (
+        name TEXT PRIMARY KEY,
+        cursor INTEGER NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        paused INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        updated_at REAL NOT NULL
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open the board, apply pending migrations, and return the connection.
+
+    The connection is in autocommit mode (``isolation_level=None``); use
+    :func:`write` for every mutation.
+    """
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    migrate(conn)
+    return conn
+
+
+def version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Upgrade the schema in place to ``SCHEMA_VERSION``; returns the old version.
+
+    Raises:
+        RuntimeError: The database is newer than this kanband.
+    """
+    old = version(conn)
+    if old > SCHEMA_VERSION:
+        raise RuntimeError(f"board schema version {old} is newer than this kanband ({SCHEMA_VERSION})")
+    for v in range(old, SCHEMA_VERSION):
+        with write(conn):
+            for stmt in MIGRATIONS[v].split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version={v + 1}")
+    return old
+
+
+@contextlib.contextmanager
+def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def savepoint(conn: sqlite3.Connection, name: str = "req") -> Iterator[sqlite3.Connection]:
+    """A nested unit inside an open transaction: one request of a group commit."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")

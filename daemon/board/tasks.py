@@ -1,0 +1,410 @@
+"""Task operations: pure functions over an open connection.
+
+Runs in: the dispatcher (inside its group-commit transaction) and unit tests.
+
+Every function takes the connection and ``now`` (injected clock), validates
+its input, changes rows through :mod:`daemon.board.transitions`, and appends
+one event per mutation. They never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+from typing import Any
+
+from client.protocol import RPCError
+from daemon.board import transitions
+from daemon.config import parse_duration
+
+TASK_COLUMNS = ("id, title, body, assignee, status, priority, tenant, created_by, created_at, updated_at, "
+                "ready_at, idempotency_key, max_runtime, max_retries, consecutive_failures, result, summary, "
+                "block_reason, workspace_kind, workspace_path, current_run, cooldown_until")
+
+
+def new_id(prefix: str, nbytes: int = 4) -> str:
+    """``t_`` plus 8 hex characters for tasks; other prefixes for other rows."""
+    return prefix + secrets.token_hex(nbytes)
+
+
+def emit(conn: sqlite3.Connection, now: float, kind: str, task_id: str | None = None,
+         run_id: str | None = None, **payload: Any) -> int:
+    """Append one event; returns its id."""
+    cur = conn.execute("INSERT INTO events (task_id, run_id, kind, payload, at) VALUES (?,?,?,?,?)",
+                       (task_id, run_id, kind, json.dumps(payload, separators=(",", ":")), now))
+    return cur.lastrowid
+
+
+def get(conn: sqlite3.Connection, task_id: str) -> sqlite3.Row:
+    """The task row, or ``not_found`` naming the id."""
+    if not isinstance(task_id, str) or not task_id:
+        raise RPCError("invalid_params", "task id must be a non-empty string", field="id")
+    row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+    if row is None:
+        raise RPCError("not_found", f"no task {task_id}", id=task_id)
+    return row
+
+
+def to_dict(row: sqlite3.Row, parents: list[str] | None = None) -> dict[str, Any]:
+    """A task row as the wire object."""
+    d = dict(row)
+    d["workspace"] = {"kind": d.pop("workspace_kind"), "path": d.pop("workspace_path")}
+    if parents is not None:
+        d["parents"] = parents
+    return d
+
+
+def parents_of(conn: sqlite3.Connection, task_id: str) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT parent FROM links WHERE child=? ORDER BY parent", (task_id,))]
+
+
+def open_parents(conn: sqlite3.Connection, task_id: str) -> int:
+    return conn.execute(
+        "SELECT count(*) FROM links l JOIN tasks p ON p.id=l.parent "
+        "WHERE l.child=? AND p.status NOT IN ('done','archived')", (task_id,)).fetchone()[0]
+
+
+def task_dict(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+    return to_dict(get(conn, task_id), parents_of(conn, task_id))
+
+
+def set_status(conn: sqlite3.Connection, now: float, row: sqlite3.Row, move: str, **columns: Any) -> str:
+    """Apply ``move`` to the task through the transition table; returns the new status."""
+    new = transitions.move(row["id"], row["status"], move, open_parents=open_parents(conn, row["id"]))
+    columns["status"] = new
+    columns["updated_at"] = now
+    if new == "ready" and row["status"] != "ready":
+        columns["ready_at"] = now
+    sets = ", ".join(f"{k}=?" for k in columns)
+    conn.execute(f"UPDATE tasks SET {sets} WHERE id=?", (*columns.values(), row["id"]))
+    return new
+
+
+def promote_children(conn: sqlite3.Connection, now: float, parent_id: str) -> list[str]:
+    """Move every ``todo`` child whose parents are now all closed to ``ready``."""
+    promoted = []
+    for (child,) in conn.execute(
+            "SELECT c.id FROM links l JOIN tasks c ON c.id=l.child WHERE l.parent=? AND c.status='todo'",
+            (parent_id,)).fetchall():
+        if open_parents(conn, child) == 0:
+            set_status(conn, now, get(conn, child), "unpark")
+            emit(conn, now, "promoted", child, parent=parent_id)
+            promoted.append(child)
+    return promoted
+
+
+def parse_workspace(spec: str | None, default: str = "scratch") -> tuple[str, str | None]:
+    """``scratch`` | ``dir:/abs/path`` | ``worktree`` -> (kind, path)."""
+    spec = spec or default
+    if spec in ("scratch", "worktree"):
+        return spec, None
+    if spec.startswith("dir:"):
+        path = spec[4:]
+        if not path or not os.path.isabs(path):
+            raise RPCError("invalid_params", f"workspace {spec!r}: dir: needs an absolute path", field="workspace")
+        return "dir", os.path.normpath(path)
+    raise RPCError("invalid_params", f"workspace {spec!r}: use scratch, worktree or dir:/abs/path",
+                   field="workspace")
+
+
+def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None = None,
+           assignee: str | None = None, priority: int | None = None, tenant: str | None = None,
+           parents: list[str] | None = None, triage: bool = False, idempotency_key: str | None = None,
+           max_runtime: str | None = None, max_retries: int | None = None, workspace: str | None = None,
+           created_by: str | None = None, default_workspace: str = "scratch") -> tuple[dict[str, Any], bool]:
+    """Create a task. Returns ``(task, created)``; ``created`` is False on an idempotent replay."""
+    if not title.strip():
+        raise RPCError("invalid_params", "title must not be empty", field="title")
+    if idempotency_key:
+        row = conn.execute("SELECT id FROM tasks WHERE idempotency_key=? AND status!='archived'",
+                           (idempotency_key,)).fetchone()
+        if row:
+            return task_dict(conn, row[0]), False
+    runtime = None
+    if max_runtime is not None:
+        try:
+            runtime = parse_duration(max_runtime)
+        except ValueError as exc:
+            raise RPCError("invalid_params", f"max_runtime: {exc}", field="max_runtime") from None
+    if max_retries is not None and max_retries < 1:
+        raise RPCError("invalid_params", "max_retries must be at least 1", field="max_retries")
+    kind, path = parse_workspace(workspace, default_workspace)
+    parents = list(dict.fromkeys(parents or []))
+    for p in parents:
+        get(conn, p)
+    task_id = new_id("t_")
+    while conn.execute("SELECT 1 FROM tasks WHERE id=?", (task_id,)).fetchone():
+        task_id = new_id("t_")
+    open_count = conn.execute(
+        f"SELECT count(*) FROM tasks WHERE id IN ({','.join('?' * len(parents))}) "
+        "AND status NOT IN ('done','archived')", parents).fetchone()[0] if parents else 0
+    status = "triage" if triage else ("todo" if open_count else "ready")
+    conn.execute(
+        "INSERT INTO tasks (id, title, body, assignee, status, priority, tenant, created_by, created_at, "
+        "updated_at, ready_at, idempotency_key, max_runtime, max_retries, workspace_kind, workspace_path) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (task_id, title, body or "", assignee, status, priority or 0, tenant,
+         created_by or os.environ.get("USER"), now, now, now if status == "ready" else None,
+         idempotency_key, runtime, max_retries, kind, path))
+    conn.executemany("INSERT INTO links (parent, child) VALUES (?,?)", [(p, task_id) for p in parents])
+    emit(conn, now, "created", task_id, title=title, status=status, assignee=assignee, priority=priority or 0,
+         tenant=tenant, parents=parents)
+    return task_dict(conn, task_id), True
+
+
+def _would_cycle(conn: sqlite3.Connection, parent: str, child: str) -> bool:
+    """True if ``child`` is ``parent`` or already an ancestor of it."""
+    row = conn.execute(
+        "WITH RECURSIVE anc(id) AS (SELECT ? UNION SELECT l.parent FROM links l JOIN anc ON l.child=anc.id) "
+        "SELECT 1 FROM anc WHERE id=? LIMIT 1", (parent, child)).fetchone()
+    return row is not None
+
+
+def link(conn: sqlite3.Connection, now: float, parent: str, child: str) -> dict[str, Any]:
+    prow, crow = get(conn, parent), get(conn, child)
+    if parent == child:
+        raise RPCError("conflict", f"cannot link task {parent} to itself", id=parent)
+    if _would_cycle(conn, parent, child):
+        raise RPCError("conflict", f"linking {parent} -> {child} would make a cycle", parent=parent, child=child)
+    if conn.execute("SELECT 1 FROM links WHERE parent=? AND child=?", (parent, child)).fetchone():
+        return {"parent": parent, "child": child, "child_status": crow["status"], "changed": False}
+    conn.execute("INSERT INTO links (parent, child) VALUES (?,?)", (parent, child))
+    status = crow["status"]
+    if crow["status"] == "ready" and prow["status"] in transitions.OPEN_STATUSES:
+        status = set_status(conn, now, crow, "park")
+    emit(conn, now, "linked", child, parent=parent, child_status=status)
+    return {"parent": parent, "child": child, "child_status": status, "changed": True}
+
+
+def unlink(conn: sqlite3.Connection, now: float, parent: str, child: str) -> dict[str, Any]:
+    get(conn, parent)
+    crow = get(conn, child)
+    cur = conn.execute("DELETE FROM links WHERE parent=? AND child=?", (parent, child))
+    if cur.rowcount == 0:
+        raise RPCError("not_found", f"no link {parent} -> {child}", parent=parent, child=child)
+    status = crow["status"]
+    if status == "todo" and open_parents(conn, child) == 0:
+        status = set_status(conn, now, crow, "unpark")
+        emit(conn, now, "promoted", child, parent=parent)
+    emit(conn, now, "unlinked", child, parent=parent, child_status=status)
+    return {"parent": parent, "child": child, "child_status": status}
+
+
+def check_token(row: sqlite3.Row, run: str | None) -> None:
+    """A worker's request must carry the task's current run id (fencing token)."""
+    if run is None:
+        return
+    if row["current_run"] != run or row["status"] != "running":
+        raise RPCError("stale_token",
+                       f"run {run} is not the current run of task {row['id']} "
+                       f"(status {row['status']}, current run {row['current_run'] or 'none'})",
+                       task=row["id"], run=run, current_run=row["current_run"])
+
+
+def _finish_run_by_worker(conn: sqlite3.Connection, now: float, row: sqlite3.Row, run: str | None,
+                          outcome: str, **columns: Any) -> None:
+    run_id = run or row["current_run"]
+    if row["status"] == "running" and run_id:
+        sets = ", ".join(f"{k}=?" for k in columns)
+        conn.execute(f"UPDATE runs SET outcome=?{', ' if sets else ''}{sets} WHERE id=?",
+                     (outcome, *columns.values(), run_id))
+
+
+def complete(conn: sqlite3.Connection, now: float, ids: list[str], summary: str | None = None,
+             result: str | None = None, metadata: dict | None = None, run: str | None = None
+             ) -> dict[str, Any]:
+    """Mark tasks done; promotes children whose last open parent this was."""
+    if not ids:
+        raise RPCError("invalid_params", "no task ids given (outside a worker, name the tasks)", field="ids")
+    if run is not None and len(ids) != 1:
+        raise RPCError("invalid_params", "a run token completes exactly one task", field="ids")
+    done, promoted = [], []
+    for task_id in ids:
+        row = get(conn, task_id)
+        check_token(row, run)
+        if row["status"] == "running" and run is None:
+            raise RPCError("conflict", f"task {task_id} is running (run {row['current_run']}); only its worker "
+                           "completes it (pass --run), or block it first", id=task_id, run=row["current_run"])
+        _finish_run_by_worker(conn, now, row, run, "completed", summary=summary,
+                              metadata=json.dumps(metadata) if metadata else None)
+        set_status(conn, now, row, "complete", summary=summary, result=result, consecutive_failures=0,
+                   block_reason=None)
+        emit(conn, now, "completed", task_id, run, summary=summary, by="worker" if run else "operator",
+             workspace={"kind": row["workspace_kind"], "path": row["workspace_path"]})
+        promoted += promote_children(conn, now, task_id)
+        done.append(task_dict(conn, task_id))
+    return {"tasks": done, "promoted": promoted}
+
+
+def block(conn: sqlite3.Connection, now: float, ids: list[str], reason: str, run: str | None = None
+          ) -> dict[str, Any]:
+    if not ids:
+        raise RPCError("invalid_params", "no task ids given", field="ids")
+    if not reason.strip():
+        raise RPCError("invalid_params", "a block needs a reason", field="reason")
+    out = []
+    for task_id in ids:
+        row = get(conn, task_id)
+        check_token(row, run)
+        fenced = row["current_run"] if (row["status"] == "running" and run is None) else None
+        _finish_run_by_worker(conn, now, row, run, "blocked" if run else "cancelled")
+        set_status(conn, now, row, "block", block_reason=reason,
+                   current_run=row["current_run"] if run else None)
+        emit(conn, now, "blocked", task_id, run or fenced, reason=reason, by="worker" if run else "operator",
+             kill_run=fenced)
+        out.append(task_dict(conn, task_id))
+    return {"tasks": out}
+
+
+def unblock(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, Any]:
+    out = []
+    for task_id in ids:
+        row = get(conn, task_id)
+        status = set_status(conn, now, row, "unblock", block_reason=None, consecutive_failures=0,
+                            cooldown_until=None, skip_noted=None)
+        emit(conn, now, "unblocked", task_id, status=status)
+        out.append(task_dict(conn, task_id))
+    return {"tasks": out}
+
+
+def archive(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, Any]:
+    out, promoted = [], []
+    for task_id in ids:
+        row = get(conn, task_id)
+        fenced = row["current_run"] if row["status"] == "running" else None
+        if fenced:
+            conn.execute("UPDATE runs SET outcome='cancelled' WHERE id=? AND outcome IS NULL", (fenced,))
+        set_status(conn, now, row, "archive", current_run=None)
+        conn.execute("DELETE FROM subscriptions WHERE task_id=?", (task_id,))
+        emit(conn, now, "archived", task_id, fenced, kill_run=fenced,
+             workspace={"kind": row["workspace_kind"], "path": row["workspace_path"]})
+        promoted += promote_children(conn, now, task_id)
+        out.append(task_dict(conn, task_id))
+    return {"tasks": out, "promoted": promoted}
+
+
+def promote(conn: sqlite3.Connection, now: float, task_id: str) -> dict[str, Any]:
+    row = get(conn, task_id)
+    status = set_status(conn, now, row, "promote")
+    emit(conn, now, "promoted", task_id, status=status, by="operator")
+    return task_dict(conn, task_id)
+
+
+def assign(conn: sqlite3.Connection, now: float, task_id: str, assignee: str | None,
+           source: str = "operator") -> dict[str, Any]:
+    row = get(conn, task_id)
+    conn.execute("UPDATE tasks SET assignee=?, updated_at=?, skip_noted=NULL WHERE id=?", (assignee, now, task_id))
+    emit(conn, now, "assigned", task_id, assignee=assignee, previous=row["assignee"], source=source)
+    return task_dict(conn, task_id)
+
+
+def comment(conn: sqlite3.Connection, now: float, task_id: str, body: str, author: str | None = None
+            ) -> dict[str, Any]:
+    get(conn, task_id)
+    if not body.strip():
+        raise RPCError("invalid_params", "comment body must not be empty", field="body")
+    author = author or os.environ.get("USER")
+    cur = conn.execute("INSERT INTO comments (task_id, author, body, created_at) VALUES (?,?,?,?)",
+                       (task_id, author, body, now))
+    emit(conn, now, "commented", task_id, author=author, comment=cur.lastrowid)
+    return {"id": cur.lastrowid, "task_id": task_id, "author": author, "body": body, "created_at": now}
+
+
+def edit(conn: sqlite3.Connection, now: float, task_id: str, title: str | None = None,
+         body: str | None = None, priority: int | None = None) -> dict[str, Any]:
+    get(conn, task_id)
+    changes = {k: v for k, v in (("title", title), ("body", body), ("priority", priority)) if v is not None}
+    if not changes:
+        raise RPCError("invalid_params", "nothing to edit: give --title, --body or --priority", field="title")
+    if "title" in changes and not changes["title"].strip():
+        raise RPCError("invalid_params", "title must not be empty", field="title")
+    sets = ", ".join(f"{k}=?" for k in changes)
+    conn.execute(f"UPDATE tasks SET {sets}, updated_at=? WHERE id=?", (*changes.values(), now, task_id))
+    emit(conn, now, "edited", task_id, fields=sorted(changes))
+    return task_dict(conn, task_id)
+
+
+_SORTS = {"priority": "priority DESC, created_at, id", "created": "created_at, id",
+          "updated": "updated_at DESC, id", "id": "id"}
+
+
+def list_tasks(conn: sqlite3.Connection, status: list[str] | None = None, assignee: str | None = None,
+               tenant: str | None = None, archived: bool = False, sort: str | None = None,
+               limit: int | None = None) -> dict[str, Any]:
+    where, args = [], []
+    if status:
+        bad = [s for s in status if s not in transitions.STATUSES]
+        if bad:
+            raise RPCError("invalid_params", f"unknown status {bad[0]!r} (known: {', '.join(transitions.STATUSES)})",
+                           field="status")
+        where.append(f"status IN ({','.join('?' * len(status))})")
+        args += status
+    elif not archived:
+        where.append("status != 'archived'")
+    if assignee is not None:
+        where.append("assignee=?")
+        args.append(assignee)
+    if tenant is not None:
+        where.append("tenant=?")
+        args.append(tenant)
+    if limit is not None and limit < 0:
+        raise RPCError("invalid_params", "limit must not be negative", field="limit")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    total = conn.execute(f"SELECT count(*) FROM tasks {clause}", args).fetchone()[0]
+    rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY {_SORTS[sort or 'priority']} "
+                        f"LIMIT ?", (*args, -1 if limit is None else limit)).fetchall()
+    return {"tasks": [to_dict(r) for r in rows], "total": total}
+
+
+def show(conn: sqlite3.Connection, task_id: str, events: int = 20) -> dict[str, Any]:
+    task = task_dict(conn, task_id)
+    parents = [{"id": r[0], "title": r[1], "status": r[2]} for r in conn.execute(
+        "SELECT t.id, t.title, t.status FROM links l JOIN tasks t ON t.id=l.parent WHERE l.child=? ORDER BY t.id",
+        (task_id,))]
+    children = [{"id": r[0], "title": r[1], "status": r[2]} for r in conn.execute(
+        "SELECT t.id, t.title, t.status FROM links l JOIN tasks t ON t.id=l.child WHERE l.parent=? ORDER BY t.id",
+        (task_id,))]
+    comments = [dict(r) for r in conn.execute(
+        "SELECT id, author, body, created_at FROM comments WHERE task_id=? ORDER BY id", (task_id,))]
+    from daemon.board import runs as runs_mod  # local: runs imports this module
+    evs = [event_dict(r) for r in conn.execute(
+        "SELECT * FROM (SELECT id, task_id, run_id, kind, payload, at FROM events WHERE task_id=? "
+        "ORDER BY id DESC LIMIT ?) ORDER BY id", (task_id, events))]
+    return {"task": task, "parents": parents, "children": children, "comments": comments,
+            "runs": runs_mod.list_runs(conn, task_id)["runs"], "events": evs}
+
+
+def stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    by_status = {s: 0 for s in transitions.STATUSES}
+    for s, n in conn.execute("SELECT status, count(*) FROM tasks GROUP BY status"):
+        by_status[s] = n
+    by_assignee: dict[str, dict[str, int]] = {}
+    for a, s, n in conn.execute(
+            "SELECT coalesce(assignee, ''), status, count(*) FROM tasks WHERE status != 'archived' "
+            "GROUP BY 1, 2"):
+        by_assignee.setdefault(a or "(unassigned)", {})[s] = n
+    oldest = conn.execute("SELECT min(ready_at) FROM tasks WHERE status='ready'").fetchone()[0]
+    return {"by_status": by_status, "by_assignee": by_assignee, "total": sum(by_status.values()),
+            "oldest_ready_age": None if oldest is None else max(0.0, now - oldest)}
+
+
+def event_dict(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    d["payload"] = json.loads(d["payload"])
+    return d
+
+
+def events_since(conn: sqlite3.Connection, after: int = 0, task: str | None = None,
+                 limit: int | None = None) -> dict[str, Any]:
+    if task:
+        get(conn, task)
+        rows = conn.execute("SELECT id, task_id, run_id, kind, payload, at FROM events WHERE task_id=? AND id>? "
+                            "ORDER BY id LIMIT ?", (task, after, limit or 1000)).fetchall()
+    else:
+        rows = conn.execute("SELECT id, task_id, run_id, kind, payload, at FROM events WHERE id>? ORDER BY id "
+                            "LIMIT ?", (after, limit or 1000)).fetchall()
+    evs = [event_dict(r) for r in rows]
+    last = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+    return {"events": evs, "last_id": last}

@@ -1,0 +1,309 @@
+"""Configuration: the schema, its defaults, and the YAML loader that checks it.
+
+Runs in: the supervisor (load and validate, at start and on SIGHUP) and in
+every role (each role receives the already-validated config when forked).
+
+Every key is declared once in ``SCHEMA`` with its type, default and a one-line
+doc; ``docs/config.md`` is rendered from it (``python -m daemon.config``). A
+config with no file at all runs on the defaults. An unknown key or a wrong
+type raises :class:`ConfigError` naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A config file is unreadable, or a key is unknown or mistyped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One config key: ``type`` is one of int, float, str, bool, duration,
+    bytes, list, dict, choice; ``default`` is in the converted form."""
+
+    type: str
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+
+
+PROFILE: dict[str, Field] = {
+    "command": Field("list", None, "argv of the worker; placeholders {task_id} {run_id} {title} "
+                     "{workspace} {config_dir}"),
+    "env": Field("dict", {}, "extra environment variables for the worker"),
+    "max_in_progress": Field("int", None, "cap on this profile's running tasks", nullable=True),
+    "max_runtime": Field("duration", None, "kill a run after this long (TERM, then KILL)", nullable=True),
+    "workspace": Field("str", None, "default workspace kind for this profile's tasks", nullable=True),
+}
+
+SINK: dict[str, Field] = {
+    "type": Field("choice", None, "command, webhook or desktop", choices=("command", "webhook", "desktop")),
+    "command": Field("list", None, "command sink: argv; the event JSON arrives on stdin; placeholders "
+                     "{task_id} {kind} {title} {summary}", nullable=True),
+    "url": Field("str", None, "webhook sink: URL to POST the event JSON to", nullable=True),
+    "secret": Field("str", None, "webhook sink: HMAC-SHA256 key; signature in X-Kanban-Signature",
+                    nullable=True),
+    "timeout": Field("duration", 10.0, "give up on one delivery after this long"),
+    "kinds": Field("list", None, "event kinds delivered (default: completed, blocked, gave_up, crashed, "
+                   "timed_out, rate_limited)", nullable=True),
+    "all": Field("bool", False, "deliver every matching event, without needing a subscription"),
+}
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "board": {
+        "path": Field("str", None, "board database; default <state_dir>/board.db", nullable=True),
+    },
+    "dispatch": {
+        "max_in_progress": Field("int", 8, "global cap on running tasks"),
+        "failure_limit": Field("int", 2, "consecutive failures before the circuit breaker blocks a task"),
+        "claim_ttl": Field("duration", 900.0, "a claim lasts this long unless extended"),
+        "heartbeat_max_stale": Field("duration", 3600.0, "a run silent for longer is reclaimed as stale"),
+        "crash_grace": Field("duration", 30.0, "no crash or lost verdict on a run younger than this"),
+        "rate_limit_cooldown": Field("duration", 300.0, "after exit 75, wait this long before respawning"),
+        "tick": Field("duration", 5.0, "backstop tick for time-based rules; dispatch is event-driven"),
+        "default_assignee": Field("str", None, "assignee given to unassigned ready tasks", nullable=True),
+        "on_shutdown": Field("choice", "leave", "what happens to running workers when the daemon stops",
+                             choices=("leave", "drain", "kill")),
+        "kill_grace": Field("duration", 10.0, "between TERM and KILL when stopping a worker"),
+        "drain_timeout": Field("duration", 300.0, "on_shutdown: drain waits at most this long"),
+    },
+    "workspaces": {
+        "root": Field("str", None, "managed scratch root; default <state_dir>/workspaces", nullable=True),
+        "repo": Field("str", None, "git repository for worktree workspaces", nullable=True),
+        "default": Field("str", "scratch", "workspace kind for tasks that do not say"),
+    },
+    "logs": {
+        "level": Field("choice", "info", "daemon log level", choices=("debug", "info", "warning", "error")),
+        "format": Field("choice", "auto", "auto: console on a TTY, JSON lines otherwise",
+                        choices=("auto", "console", "json")),
+        "worker_log_max": Field("bytes", 2 * 1024 * 1024, "rotate a worker log past this size"),
+    },
+    "server": {
+        "idle_timeout": Field("duration", 300.0, "close a client connection idle this long"),
+        "request_timeout": Field("duration", 10.0, "close a client that sends half a frame for this long"),
+        "max_clients": Field("int", 256, "refuse connections beyond this many"),
+    },
+    "supervisor": {
+        "heartbeat_interval": Field("duration", 1.0, "roles heartbeat the supervisor this often"),
+        "heartbeat_stale": Field("duration", 5.0, "a role silent this long is unhealthy: no WATCHDOG=1"),
+        "role_timeout": Field("duration", 30.0, "a role silent this long is killed and restarted"),
+        "backoff_initial": Field("duration", 0.1, "first restart delay"),
+        "backoff_max": Field("duration", 30.0, "restart delay cap"),
+        "backoff_reset": Field("duration", 60.0, "healthy this long resets the delay"),
+        "flap_restarts": Field("int", 5, "restarts within flap_window that count as flapping"),
+        "flap_window": Field("duration", 60.0, "window for flap detection"),
+    },
+    "notify": {
+        "max_failures": Field("int", 5, "consecutive failures before a sink is paused"),
+        "backoff_initial": Field("duration", 1.0, "first retry delay after a failed delivery"),
+        "backoff_max": Field("duration", 300.0, "retry delay cap"),
+        "lag_warn": Field("int", 1000, "log a warning when a sink lags by more events than this"),
+    },
+}
+
+#: Top-level keys that are maps of named entries, each checked against a sub-schema.
+NAMED: dict[str, dict[str, Field]] = {"profiles": PROFILE, "sinks": SINK}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_BYTES = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|K|M|G)?\s*$")
+_BUNITS = {None: 1, "B": 1, "K": 1024, "KiB": 1024, "M": 1 << 20, "MiB": 1 << 20, "G": 1 << 30, "GiB": 1 << 30}
+
+
+def parse_duration(value: Any) -> float:
+    """Parse ``30``, ``1.5``, ``250ms``, ``30s``, ``15m``, ``2h`` or ``1d`` into seconds.
+
+    Raises:
+        ValueError: The value is not a duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"negative duration: {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"not a duration (use e.g. 30s, 15m, 2h): {value!r}")
+
+
+def _parse_bytes(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _BYTES.match(value)
+        if m:
+            return int(m.group(1)) * _BUNITS[m.group(2)]
+    raise ValueError(f"not a size (use e.g. 2MiB): {value!r}")
+
+
+def _convert(field: Field, value: Any, where: str) -> Any:
+    if value is None:
+        if field.nullable or field.default is None:
+            return None
+        raise ConfigError(f"{where}: must not be null")
+    try:
+        if field.type == "duration":
+            return parse_duration(value)
+        if field.type == "bytes":
+            return _parse_bytes(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    expected = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict,
+                "choice": str}[field.type]
+    if isinstance(value, bool) and field.type != "bool":
+        raise ConfigError(f"{where}: must be {field.type}, got a boolean")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}: must be {field.type}, got {type(value).__name__}")
+    if field.type == "choice" and value not in field.choices:
+        raise ConfigError(f"{where}: must be one of {', '.join(field.choices)}, got {value!r}")
+    if field.type == "int" and value < 0:
+        raise ConfigError(f"{where}: must not be negative")
+    return value
+
+
+def defaults() -> dict[str, Any]:
+    """The config that runs when there is no file."""
+    cfg: dict[str, Any] = {sec: {k: copy.deepcopy(f.default) for k, f in fields.items()}
+                           for sec, fields in SCHEMA.items()}
+    for name in NAMED:
+        cfg[name] = {}
+    return cfg
+
+
+def _check_named(kind: str, sub: dict[str, Field], raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping of name -> settings")
+    out = {}
+    for name, entry in raw.items():
+        here = f"{where}.{name}"
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", name):
+            raise ConfigError(f"{here}: names may use letters, digits, '_', '.', '-'")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{here}: must be a mapping")
+        item = {}
+        for key, value in entry.items():
+            if key not in sub:
+                raise ConfigError(f"{here}.{key}: unknown key (known: {', '.join(sub)})")
+            item[key] = _convert(sub[key], value, f"{here}.{key}")
+        for key, f in sub.items():
+            item.setdefault(key, copy.deepcopy(f.default))
+        _check_entry(kind, item, here)
+        out[name] = item
+    return out
+
+
+def _check_entry(kind: str, item: dict[str, Any], where: str) -> None:
+    if kind == "profiles":
+        cmd = item["command"]
+        if not cmd or not all(isinstance(a, str) for a in cmd):
+            raise ConfigError(f"{where}.command: must be a non-empty list of strings")
+        if not all(isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in item["env"].items()):
+            raise ConfigError(f"{where}.env: must map names to strings")
+        item["env"] = {k: str(v) for k, v in item["env"].items()}
+    elif kind == "sinks":
+        if item["type"] is None:
+            raise ConfigError(f"{where}.type: required (command, webhook or desktop)")
+        if item["type"] == "command" and not item["command"]:
+            raise ConfigError(f"{where}.command: required for a command sink")
+        if item["type"] == "webhook" and not item["url"]:
+            raise ConfigError(f"{where}.url: required for a webhook sink")
+
+
+def load(path: str | os.PathLike | None) -> dict[str, Any]:
+    """Load and check a config file; a missing file means the defaults.
+
+    Args:
+        path: The YAML file. ``None`` or a non-existent path gives the defaults.
+
+    Returns:
+        The full config with every key present and values converted
+        (durations in seconds, sizes in bytes). ``_file`` and ``_dir`` record
+        where it came from.
+
+    Raises:
+        ConfigError: Naming the file and the dotted key.
+    """
+    cfg = defaults()
+    cfg["_file"] = None
+    cfg["_dir"] = os.getcwd()
+    cfg["_set"] = set()
+    if path is None or not os.path.exists(path):
+        return cfg
+    path = Path(path).resolve()
+    cfg["_file"] = str(path)
+    cfg["_dir"] = str(path.parent)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{line} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        return cfg
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for section, value in raw.items():
+        if section in NAMED:
+            cfg[section] = _check_named(section, NAMED[section], value, f"{path}: {section}")
+            continue
+        if section not in SCHEMA:
+            known = ", ".join([*SCHEMA, *NAMED])
+            raise ConfigError(f"{path}: {section}: unknown key (known: {known})")
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {section}: must be a mapping")
+        for key, v in value.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{path}: {section}.{key}: unknown key (known: {', '.join(SCHEMA[section])})")
+            cfg[section][key] = _convert(SCHEMA[section][key], v, f"{path}: {section}.{key}")
+            cfg["_set"].add(f"{section}.{key}")
+    da = cfg["dispatch"]["default_assignee"]
+    if da is not None and da not in cfg["profiles"]:
+        raise ConfigError(f"{path}: dispatch.default_assignee: no profile named {da!r}")
+    return cfg
+
+
+def render_markdown() -> str:
+    """Render the schema as ``docs/config.md``."""
+    out = ["# Configuration reference", "",
+           "Generated from `daemon/config.py` (`python -m daemon.config > docs/config.md`); a test keeps",
+           "it in sync. The file is YAML at `$XDG_CONFIG_HOME/kanban/config.yaml` (override with",
+           "`kanband --config FILE`). Every key is optional; no file at all runs on these defaults.",
+           "Durations take `ms`, `s`, `m`, `h`, `d` suffixes (a bare number is seconds); sizes take",
+           "`KiB`, `MiB`, `GiB`. An unknown key or a wrong type stops the daemon with a message naming",
+           "the file and the key; `kanband --check-config` checks a file without starting.", ""]
+
+    def table(fields: dict[str, Field], prefix: str) -> list[str]:
+        rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for k, f in fields.items():
+            t = f.type if f.type != "choice" else " \\| ".join(f.choices)
+            rows.append(f"| `{prefix}{k}` | {t} | `{f.default!r}` | {f.doc} |")
+        return rows + [""]
+
+    for section, fields in SCHEMA.items():
+        out += [f"## `{section}`", ""] + table(fields, f"{section}.")
+    out += ["## `profiles`", "", "A map of assignee name to worker profile.", ""] + table(PROFILE, "profiles.NAME.")
+    out += ["## `sinks`", "", "A map of sink name to notification sink.", ""] + table(SINK, "sinks.NAME.")
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

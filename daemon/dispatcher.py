@@ -1,0 +1,398 @@
+"""The dispatcher role: board kernel, JSON-RPC server, and the dispatch loop.
+
+Runs in: the ``kanband: dispatcher`` process, forked by the supervisor. It is
+the single writer of the board.
+
+One loop, no threads. Each turn it reads every complete request from every
+readable connection and serves them as one batch: all writes of a batch share
+one ``BEGIN IMMEDIATE`` transaction (a savepoint per request), and no response
+is sent before the ``COMMIT`` (group commit). After the commit it publishes
+the new events to followers, reacts to them (kill, cleanup), and runs a
+dispatch pass if any event could have made a task runnable. A periodic tick
+is only the backstop for time-based rules (cooldowns, claim expiry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import sqlite3
+import time
+from typing import Any
+
+import structlog
+
+from client.protocol import METHODS, RPCError, check_params
+from daemon import ipc, roles
+from daemon.board import db as boarddb
+from daemon.board import plan, runs, tasks
+from daemon.handlers import HANDLERS, Ctx
+
+log = structlog.get_logger()
+
+#: Event kinds after which a dispatch pass may find something new to start.
+WAKE_KINDS = frozenset({"created", "completed", "unblocked", "promoted", "archived", "requeued", "exited",
+                        "assigned", "unlinked", "edited", "blocked", "gave_up"})
+
+
+class Dispatcher:
+    """State of the dispatcher role; :meth:`loop` drives it."""
+
+    def __init__(self, ctx: roles.RoleContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.paths = ctx.paths
+        self.supervisor_pid = ctx.supervisor_pid
+        self.started_at = time.time()
+        self.db = boarddb.connect(self.paths["board"])
+        self.sel = selectors.DefaultSelector()
+        self.server = ipc.Server(ctx.listener, self.sel, self.cfg)
+        self.reaper: ipc.Connection | None = None
+        self.published = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        self.dispatch_needed = True
+        self.pending_spawns: list[dict[str, Any]] = []
+        self.pending_pushes: list[tuple[ipc.Connection, dict[str, Any]]] = []
+        self.replays: list[ipc.Connection] = []
+        self.roles_snapshot: dict[str, Any] = {}
+        self.flapping: list[str] = []
+        self.stopping = False
+        self.summary: dict[str, int] | None = None
+        self.next_tick = 0.0
+
+    # ---- role plumbing ---------------------------------------------------
+
+    def role_table(self, now: float) -> list[dict[str, Any]]:
+        out = []
+        for name, r in self.roles_snapshot.items():
+            r = dict(r)
+            if r.get("last_heartbeat"):
+                r["heartbeat_age"] = max(0.0, now - r["last_heartbeat"])
+            out.append({"name": name, **r})
+        return out
+
+    def on_channel(self, msgs: list[dict[str, Any]]) -> None:
+        for msg in msgs:
+            if msg["t"] == "config":
+                self.cfg = msg["cfg"]
+                self.cfg["_set"] = set(self.cfg.get("_set", ()))
+                self.server.cfg = self.cfg
+                self.dispatch_needed = True
+                log.info("config.applied", file=self.cfg.get("_file"))
+            elif msg["t"] == "roles":
+                self.roles_snapshot = msg["roles"]
+                self.flapping = msg.get("flapping", [])
+            elif msg["t"] == "stopping":
+                self.stopping = True
+
+    def heartbeat(self) -> None:
+        if self.summary is None:
+            counts = {s: n for s, n in self.db.execute("SELECT status, count(*) FROM tasks GROUP BY status")}
+            self.summary = {k: counts.get(k, 0) for k in ("running", "ready", "blocked", "todo")}
+        roles.send(self.ctx.channel, {"t": "hb", "summary": self.summary, "reaper": self.reaper is not None})
+
+    # ---- serving ---------------------------------------------------------
+
+    def serve(self, reqs: list[ipc.Request]) -> None:
+        now = time.time()
+        writes = any(METHODS[r.method].writes for r in reqs if r.method in METHODS)
+        out: list[tuple[ipc.Request, dict[str, Any]]] = []
+        if writes:
+            self.db.execute("BEGIN IMMEDIATE")
+        for r in reqs:
+            out.append((r, self._call(r, now, in_tx=writes)))
+        if writes:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.error("board.commit_failed", error=str(exc))
+                self.db.execute("ROLLBACK")
+                self.pending_spawns.clear()
+                err = RPCError("internal_error", f"commit failed: {exc}")
+                out = [(r, ipc.error_frame(r.id, err)) for r, _ in out]
+        for r, resp in out:
+            if not r.notify:
+                self.server.send(r.conn, resp)
+        self.flush_spawns()
+
+    def _call(self, r: ipc.Request, now: float, in_tx: bool) -> dict[str, Any]:
+        method = METHODS.get(r.method)
+        try:
+            if method is None:
+                raise RPCError("method_not_found", f"unknown method {r.method!r}", method=r.method)
+            params = check_params(method, r.params)
+            hctx = Ctx(self.db, now, self.cfg, r.conn, self)
+            if in_tx and method.writes:
+                with boarddb.savepoint(self.db):
+                    result = HANDLERS[method.name](hctx, params)
+            else:
+                result = HANDLERS[method.name](hctx, params)
+            return {"jsonrpc": "2.0", "id": r.id, "result": result}
+        except RPCError as exc:
+            return ipc.error_frame(r.id, exc)
+        except sqlite3.Error as exc:
+            log.error("rpc.db_error", method=r.method, error=str(exc))
+            return ipc.error_frame(r.id, RPCError("internal_error", f"{r.method}: database error: {exc}"))
+        except Exception as exc:  # a bug: never let a client's request kill the daemon
+            log.exception("rpc.handler_crashed", method=r.method)
+            return ipc.error_frame(r.id, RPCError("internal_error", f"{r.method}: {type(exc).__name__}: {exc}"))
+
+    # ---- followers -------------------------------------------------------
+
+    def follow(self, ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+        if p.get("task"):
+            tasks.get(ctx.db, p["task"])
+        flt = {k: p.get(k) for k in ("task", "assignee", "tenant")}
+        flt["kinds"] = set(p["kinds"]) if p.get("kinds") else None
+        flt["tree"] = None
+        if p.get("task") and p.get("descendants"):
+            flt["tree"] = {r[0] for r in ctx.db.execute(
+                "WITH RECURSIVE d(id) AS (SELECT ? UNION SELECT l.child FROM links l JOIN d ON l.parent=d.id) "
+                "SELECT id FROM d", (p["task"],))}
+        ctx.client.follow = flt
+        ctx.client.follow_from = p.get("after") if p.get("after") is not None else self.published
+        self.replays.append(ctx.client)
+        return {"following": True, "last_id": self.published}
+
+    @staticmethod
+    def _matches(flt: dict[str, Any], ev: dict[str, Any]) -> bool:
+        if flt["kinds"] is not None and ev["kind"] not in flt["kinds"]:
+            return False
+        if flt["task"]:
+            if flt["tree"] is not None:
+                if ev["task_id"] not in flt["tree"]:
+                    return False
+            elif ev["task_id"] != flt["task"]:
+                return False
+        if flt["assignee"] and ev.get("assignee") != flt["assignee"]:
+            return False
+        if flt["tenant"] and ev.get("tenant") != flt["tenant"]:
+            return False
+        return True
+
+    def _event_rows(self, after: int, upto: int | None = None) -> list[dict[str, Any]]:
+        q = ("SELECT e.id, e.task_id, e.run_id, e.kind, e.payload, e.at, t.assignee, t.tenant, t.title "
+             "FROM events e LEFT JOIN tasks t ON t.id=e.task_id WHERE e.id>?")
+        args: list[Any] = [after]
+        if upto is not None:
+            q += " AND e.id<=?"
+            args.append(upto)
+        return [tasks.event_dict(r) for r in self.db.execute(q + " ORDER BY e.id", args)]
+
+    def publish(self) -> None:
+        """Push new events to followers and react to them. Called after every commit."""
+        for conn in self.replays:
+            if not conn.closed:
+                for ev in self._event_rows(conn.follow_from, self.published):
+                    if self._matches(conn.follow, ev):
+                        self.server.send(conn, {"jsonrpc": "2.0", "method": "event", "params": ev})
+        self.replays.clear()
+        evs = self._event_rows(self.published)
+        if not evs:
+            return
+        self.published = evs[-1]["id"]
+        self.summary = None
+        followers = [c for c in self.server.conns.values() if c.follow is not None]
+        for ev in evs:
+            if ev["kind"] in ("created", "linked") and followers:
+                self._grow_trees(followers, ev)
+            if followers:
+                frame = ipc.encode({"jsonrpc": "2.0", "method": "event", "params": ev})
+                for conn in followers:
+                    if not conn.closed and self._matches(conn.follow, ev):
+                        conn.wbuf += frame
+            self.react(ev)
+        for conn in followers:
+            if conn.wbuf:
+                self.server.flush(conn)
+
+    def _grow_trees(self, followers: list[ipc.Connection], ev: dict[str, Any]) -> None:
+        parents = ev["payload"].get("parents") or ([ev["payload"]["parent"]] if ev["payload"].get("parent") else [])
+        for conn in followers:
+            tree = conn.follow.get("tree")
+            if tree is not None and any(p in tree for p in parents):
+                tree.add(ev["task_id"])
+
+    def react(self, ev: dict[str, Any]) -> None:
+        kind, payload = ev["kind"], ev["payload"]
+        if kind in WAKE_KINDS:
+            self.dispatch_needed = True
+        kill = payload.get("kill_run")
+        if kill and self.reaper is not None:
+            reason = payload.get("reason") if kind == "killing" else "cancel"
+            self._push({"method": "kill", "params": {"run": kill, "reason": reason}})
+        ws = payload.get("workspace")
+        if kind in ("completed", "archived") and ws and ws.get("kind") in ("scratch", "worktree") and ws.get("path"):
+            self._push({"method": "cleanup", "params": {"task": ev["task_id"], "kind": ws["kind"],
+                                                         "path": ws["path"]}})
+
+    def _push(self, msg: dict[str, Any]) -> None:
+        if self.reaper is not None and not self.reaper.closed:
+            self.server.send(self.reaper, {"jsonrpc": "2.0", **msg})
+
+    # ---- reaper ------------------------------------------------------------
+
+    def attach_reaper(self, ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+        if self.reaper is not None and not self.reaper.closed and self.reaper is not ctx.client:
+            log.warning("reaper.replaced", old_pid=self.reaper.peer_pid, new_pid=p["pid"])
+            self.server.close(self.reaper)
+        ctx.client.role = "reaper"
+        self.reaper = ctx.client
+        self.dispatch_needed = True
+        log.info("reaper.attached", reaper_pid=p["pid"])
+        active = []
+        for run in runs.active_runs(ctx.db):
+            active.append({**run, **self._spawn_extras(ctx.db, run["task_id"])})
+        return {"runs": active, "crash_grace": self.cfg["dispatch"]["crash_grace"]}
+
+    def _spawn_extras(self, db: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+        t = tasks.get(db, task_id)
+        prof = self.cfg["profiles"].get(t["assignee"] or "", {})
+        runtime = t["max_runtime"] if t["max_runtime"] is not None else prof.get("max_runtime")
+        return {"max_runtime": runtime, "kill_grace": self.cfg["dispatch"]["kill_grace"]}
+
+    def flush_spawns(self) -> None:
+        spawns, self.pending_spawns = self.pending_spawns, []
+        for spec in spawns:
+            self._push({"method": "spawn", "params": spec})
+
+    def workspace_path(self, task_id: str, kind: str, path: str | None) -> str | None:
+        if kind == "dir":
+            return path
+        return os.path.join(self.paths["workspaces"], task_id)
+
+    def dispatch_pass(self, db: sqlite3.Connection, now: float, dry_run: bool = False) -> dict[str, Any]:
+        """Claim every task that may start now; the spawns go out after the commit."""
+        started, notes = [], []
+        for row in plan.unprofiled(db, self.cfg):
+            if not dry_run:
+                tasks.emit(db, now, "skipped_no_profile", row["id"], assignee=row["assignee"])
+                db.execute("UPDATE tasks SET skip_noted=assignee WHERE id=?", (row["id"],))
+            notes.append({"task": row["id"], "reason": f"no profile for assignee {row['assignee']!r}"})
+        if self.reaper is None or self.stopping:
+            why = "daemon is stopping" if self.stopping else "reaper not attached"
+            return {"started": [], "skipped": notes, "note": why, "dry_run": dry_run}
+        for c in plan.candidates(db, now, self.cfg):
+            if dry_run:
+                started.append({"task": c["id"], "title": c["title"], "profile": c["profile"]})
+                continue
+            if not c["assignee"]:
+                tasks.assign(db, now, c["id"], c["profile"], source="default_assignee")
+            t = tasks.get(db, c["id"])
+            ws = self.workspace_path(c["id"], t["workspace_kind"], t["workspace_path"])
+            run = runs.claim(db, now, c["id"], c["profile"], self.cfg["dispatch"]["claim_ttl"], ws)
+            prof = self.cfg["profiles"][c["profile"]]
+            spec = {"run": run["id"], "task": c["id"], "title": t["title"], "profile": c["profile"],
+                    "command": prof["command"], "env": prof["env"],
+                    "workspace": {"kind": t["workspace_kind"], "path": ws, "repo": self.cfg["workspaces"]["repo"],
+                                  "root": self.paths["workspaces"]},
+                    "log_max": self.cfg["logs"]["worker_log_max"], "config_dir": self.cfg["_dir"],
+                    **self._spawn_extras(db, c["id"])}
+            self.pending_spawns.append(spec)
+            started.append({"task": c["id"], "run": run["id"], "profile": c["profile"]})
+        return {"started": started, "skipped": notes, "dry_run": dry_run}
+
+    def run_pass(self) -> None:
+        self.dispatch_needed = False
+        now = time.time()
+        if not plan.unprofiled(self.db, self.cfg) and (
+                self.reaper is None or self.stopping or not plan.candidates(self.db, now, self.cfg)):
+            return
+        try:
+            with boarddb.write(self.db):
+                self.dispatch_pass(self.db, now)
+        except Exception:
+            log.exception("dispatch.pass_failed")
+            self.pending_spawns.clear()
+            return
+        self.flush_spawns()
+
+    # ---- time rules ----------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.time()
+        d = self.cfg["dispatch"]
+        expired = runs.expired_claims(self.db, now)
+        if expired:
+            with boarddb.write(self.db):
+                for run in expired:
+                    if run["state"] == "running" and run["last_heartbeat"] >= now - d["heartbeat_max_stale"]:
+                        runs.extend_claim(self.db, now, run, d["claim_ttl"])
+                    elif run["state"] == "running":
+                        runs.mark_kill(self.db, now, run["id"], "stale")
+                    elif now - run["claimed_at"] > d["crash_grace"]:
+                        runs.mark_kill(self.db, now, run["id"], "reclaim")
+        self.dispatch_needed = True
+        nxt = plan.next_wake(self.db, now)
+        self.next_tick = time.monotonic() + min(d["tick"], max(0.05, (nxt - now) if nxt else d["tick"]))
+
+    # ---- loop ----------------------------------------------------------------
+
+    def loop(self) -> int:
+        ctx = self.ctx
+        wake = roles.wakeup_socket(ctx)
+        self.sel.register(ctx.listener, selectors.EVENT_READ, ("listen", None))
+        self.sel.register(ctx.channel, selectors.EVENT_READ, ("chan", None))
+        self.sel.register(wake, selectors.EVENT_READ, ("sig", None))
+        hb_every = self.cfg["supervisor"]["heartbeat_interval"]
+        next_hb = 0.0
+        next_sweep = time.monotonic() + 1.0
+        self.next_tick = time.monotonic()
+        log.info("dispatcher.started", board=self.paths["board"], events=self.published)
+        while True:
+            mono = time.monotonic()
+            if mono >= next_hb:
+                self.heartbeat()
+                next_hb = mono + hb_every
+            if mono >= self.next_tick:
+                self.tick()
+            if mono >= next_sweep:
+                self.server.sweep(time.time())
+                next_sweep = mono + 1.0
+            if self.reaper is not None and self.reaper.closed:
+                log.warning("reaper.detached")
+                self.reaper = None
+            if self.dispatch_needed:
+                self.run_pass()
+                self.publish()
+            timeout = max(0.0, min(next_hb, self.next_tick, next_sweep) - time.monotonic())
+            if self.dispatch_needed:
+                timeout = 0.0
+            reqs: list[ipc.Request] = []
+            for key, mask in self.sel.select(timeout):
+                kind, obj = key.data
+                if kind == "conn":
+                    if mask & selectors.EVENT_WRITE:
+                        self.server.flush(obj)
+                    if mask & selectors.EVENT_READ and not obj.closed:
+                        reqs += self.server.read(obj, time.time())
+                elif kind == "listen":
+                    self.server.accept(time.time())
+                elif kind == "chan":
+                    msgs = roles.recv(ctx.channel)
+                    if msgs is None:
+                        log.warning("dispatcher.supervisor_gone")
+                        return 0
+                    self.on_channel(msgs)
+                elif kind == "sig":
+                    sigs = roles.read_signals(wake)
+                    if any(s in (15, 2) for s in sigs):
+                        log.info("dispatcher.stopping")
+                        self.server.close_all()
+                        return 0
+            if reqs:
+                self.serve(reqs)
+                self.publish()
+
+
+def run(ctx: roles.RoleContext) -> int:
+    """Role entry point."""
+    roles.enter(ctx)
+    d = Dispatcher(ctx)
+    try:
+        return d.loop()
+    finally:
+        d.db.close()
+
+
+__all__ = ["Dispatcher", "run", "json"]

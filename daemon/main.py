@@ -1,0 +1,163 @@
+"""Entry point ``kanband``: parse arguments, set up logging, run the supervisor.
+
+Runs in: the daemon's main PID (which becomes the supervisor).
+
+    kanband [--config FILE] [--state-dir DIR] [--socket PATH]
+    kanband --check-config [--config FILE]
+    kanband service install [--now] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from daemon import __version__
+from daemon import config as config_mod
+from daemon import log as daemon_log
+
+SUN_PATH_MAX = 107
+
+
+def xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+
+
+def default_config_path() -> Path:
+    return xdg("XDG_CONFIG_HOME", ".config") / "kanban" / "config.yaml"
+
+
+def default_state_dir() -> Path:
+    return xdg("XDG_STATE_HOME", ".local/state") / "kanban"
+
+
+def default_socket() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime and os.path.isabs(runtime) else Path(f"/tmp/kanban-{os.getuid()}")
+    return base / "kanban" / "kanband.sock" if runtime else base / "kanband.sock"
+
+
+def resolve_paths(cfg: dict, state_dir: str | None, socket_path: str | None) -> dict[str, str]:
+    state = Path(state_dir).resolve() if state_dir else default_state_dir()
+    sock = Path(socket_path).absolute() if socket_path else default_socket()
+    return {
+        "state_dir": str(state),
+        "board": str(Path(cfg["board"]["path"]).expanduser()) if cfg["board"]["path"] else str(state / "board.db"),
+        "socket": str(sock),
+        "pidfile": str(state / "kanband.pid"),
+        "logs": str(state / "logs"),
+        "runs": str(state / "runs"),
+        "workspaces": str(Path(cfg["workspaces"]["root"]).expanduser()) if cfg["workspaces"]["root"]
+        else str(state / "workspaces"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kanband", description="kanband: a durable task board that runs workers.")
+    p.add_argument("--config", help=f"YAML config (default: {default_config_path()})")
+    p.add_argument("--state-dir", help=f"board, logs and run files (default: {default_state_dir()})")
+    p.add_argument("--socket", help=f"Unix socket path (default: {default_socket()})")
+    p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument("--version", action="version", version=f"kanband {__version__}")
+    sub = p.add_subparsers(dest="command")
+    svc = sub.add_parser("service", help="systemd user unit helpers")
+    svc_sub = svc.add_subparsers(dest="action", required=True)
+    inst = svc_sub.add_parser("install", help="write ~/.config/systemd/user/kanband.service")
+    inst.add_argument("--now", action="store_true", help="also daemon-reload and enable --now")
+    inst.add_argument("--force", action="store_true", help="overwrite an existing unit")
+    return p
+
+
+def render_unit(exe: str, args: list[str]) -> str:
+    template = (Path(__file__).resolve().parent.parent / "packaging" / "systemd" / "kanband.service")
+    text = template.read_text()
+    cmd = " ".join([exe, *args])
+    return "\n".join(f"ExecStart={cmd}" if line.startswith("ExecStart=") else line
+                     for line in text.splitlines()) + "\n"
+
+
+def service_install(args: argparse.Namespace) -> int:
+    exe = shutil.which("kanband") or os.path.join(os.path.dirname(sys.executable), "kanband")
+    exe = os.path.realpath(exe) if os.path.exists(exe) else exe
+    extra = []
+    if args.config:
+        extra += ["--config", str(Path(args.config).resolve())]
+    if args.state_dir:
+        extra += ["--state-dir", str(Path(args.state_dir).resolve())]
+    unit_dir = xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user"
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    target = unit_dir / "kanband.service"
+    if target.exists() and not args.force and not args.now:
+        print(f"kanband: {target} exists; pass --force to overwrite", file=sys.stderr)
+        return 1
+    target.write_text(render_unit(exe, extra))
+    print(f"wrote {target}")
+    have = shutil.which("systemctl") is not None
+    steps = ["systemctl --user daemon-reload", "systemctl --user enable --now kanband",
+             "journalctl --user -u kanband -f"]
+    if not have:
+        print("systemctl is not installed on this machine: the unit was written, but nothing can start it here.")
+        print("On a systemd machine, run:")
+        for s in steps:
+            print(f"  {s}")
+        return 0 if not args.now else 1
+    if args.now:
+        for s in steps[:2]:
+            res = subprocess.run(s.split(), capture_output=True, text=True)
+            if res.returncode != 0:
+                print(f"kanband: `{s}` failed: {res.stderr.strip()}", file=sys.stderr)
+                return 1
+            print(f"ran: {s}")
+        print(f"follow the logs with: {steps[2]}")
+    else:
+        print("next:")
+        for s in steps:
+            print(f"  {s}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "service":
+        return service_install(args)
+    config_path = Path(args.config) if args.config else default_config_path()
+    if args.config and not config_path.exists():
+        print(f"kanband: config file {config_path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        cfg = config_mod.load(config_path)
+    except config_mod.ConfigError as exc:
+        print(f"kanband: bad config: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        src = cfg["_file"] or "no file (defaults)"
+        print(f"config OK: {src}; {len(cfg['profiles'])} profile(s), {len(cfg['sinks'])} sink(s)")
+        return 0
+    paths = resolve_paths(cfg, args.state_dir, args.socket)
+    if len(paths["socket"].encode()) > SUN_PATH_MAX:
+        print(f"kanband: socket path {paths['socket']} is longer than {SUN_PATH_MAX} bytes; pass a shorter "
+              "--socket", file=sys.stderr)
+        return 2
+    daemon_log.configure(cfg, role="supervisor")
+    from daemon.ipc import SocketInUse
+    from daemon.supervisor import AlreadyRunning, Supervisor
+    try:
+        return Supervisor(cfg, paths, str(config_path)).run()
+    except AlreadyRunning as exc:
+        print(f"kanband: {exc}", file=sys.stderr)
+        return 1
+    except SocketInUse as exc:
+        print(f"kanband: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        print(f"kanband: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""The reaper role: parent of every worker; reaps, classifies, enforces runtimes.
+
+Runs in: the ``kanband: reaper`` process, forked by the supervisor.
+
+It keeps one connection to the dispatcher. ``reaper.attach`` returns the
+runs the board believes are active; the reaper re-adopts each live one by
+pid *and* process start time (a reused pid is never trusted), reports the
+ones that ended while nobody watched (from their ``.exit`` file), and reports
+``lost`` only when nothing is known. Then the dispatcher pushes ``spawn``,
+``kill`` and ``cleanup`` notifications.
+
+Every worker is watched through a pidfd, whether it is our child or was
+adopted, so one code path notices every exit. Exit reports stay in memory
+and in the ``.exit`` file until the dispatcher acknowledges them; a reaper or
+dispatcher restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import selectors
+import signal
+import time
+from typing import Any
+
+import psutil
+import structlog
+
+from daemon import roles, spawner
+from daemon.rpcpeer import Peer
+
+log = structlog.get_logger()
+
+NEVER_STARTED_GRACE = 2.0  # a wrapper writes its pid file within milliseconds of the fork
+
+
+@dataclasses.dataclass
+class Tracked:
+    """A worker the reaper watches."""
+
+    run: str
+    task: str
+    pid: int
+    start_time: float
+    pidfd: int
+    our_child: bool
+    log: str
+    deadline: float | None = None       # monotonic; max_runtime
+    kill_reason: str | None = None
+    kill_at: float | None = None        # monotonic; escalate TERM -> KILL
+    sent_kill: bool = False
+    kill_grace: float = 10.0
+
+
+class Reaper:
+    def __init__(self, ctx: roles.RoleContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.paths = ctx.paths
+        self.sel = selectors.DefaultSelector()
+        self.tracked: dict[str, Tracked] = {}
+        self.unacked: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, dict[str, Any]] = {}   # runs to re-check for adoption
+        self.cleanups: dict[str, list[dict[str, Any]]] = {}  # task -> cleanups waiting for its worker
+        self.peer: Peer | None = None
+        self.attached = False
+        self.next_connect = 0.0
+        self.connect_backoff = 0.05
+        self.stopping: str | None = None
+        self.stop_deadline = 0.0
+
+    # ---- dispatcher connection -------------------------------------------
+
+    def connect(self) -> None:
+        try:
+            self.peer = Peer(self.paths["socket"], self.on_notify)
+        except OSError as exc:
+            self.peer = None
+            self.next_connect = time.monotonic() + self.connect_backoff
+            self.connect_backoff = min(2.0, self.connect_backoff * 2)
+            log.debug("reaper.connect_failed", error=str(exc))
+            return
+        self.connect_backoff = 0.05
+        self.sel.register(self.peer.sock, selectors.EVENT_READ, ("peer", None))
+        self.peer.call("reaper.attach", {"pid": os.getpid(), "tracked": sorted(self.tracked)}, self.on_attached)
+        self.sync_peer()
+
+    def sync_peer(self) -> None:
+        if self.peer is None:
+            return
+        if self.peer.closed:
+            try:
+                self.sel.unregister(self.peer.sock)
+            except (KeyError, ValueError):
+                pass
+            log.warning("reaper.dispatcher_lost")
+            self.peer = None
+            self.attached = False
+            self.next_connect = time.monotonic() + self.connect_backoff
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.peer.want_write() else 0)
+        self.sel.modify(self.peer.sock, events, ("peer", None))
+
+    def on_attached(self, msg: dict[str, Any]) -> None:
+        if "error" in msg:
+            log.error("reaper.attach_refused", error=msg["error"])
+            self.peer.close()
+            return
+        self.attached = True
+        for report in list(self.unacked.values()):
+            self._send_exit(report)
+        for run in msg["result"]["runs"]:
+            if run["id"] not in self.tracked:
+                self.pending[run["id"]] = run
+        self.resolve_pending()
+        roles.send(self.ctx.channel, {"t": "hb", "ready": True, "workers": len(self.tracked)})
+        log.info("reaper.attached", active=len(msg["result"]["runs"]), tracked=len(self.tracked))
+
+    def on_notify(self, msg: dict[str, Any]) -> None:
+        p = msg.get("params") or {}
+        method = msg.get("method")
+        try:
+            if method == "spawn":
+                self.spawn(p)
+            elif method == "kill":
+                self.kill(p["run"], p.get("reason") or "cancel")
+            elif method == "cleanup":
+                self.cleanup(p)
+        except Exception:
+            log.exception("reaper.request_failed", method=method, run=p.get("run"))
+
+    # ---- adoption ------------------------------------------------------------
+
+    def resolve_pending(self) -> None:
+        now = time.time()
+        for run_id, run in list(self.pending.items()):
+            pid_path, exit_path = spawner.run_files(self.paths["runs"], run_id)
+            rec = spawner.read_json(exit_path)
+            if rec is not None:
+                del self.pending[run_id]
+                self.report(run_id, run["task_id"], rec, log_path=self._log_path(run["task_id"]))
+                continue
+            info = spawner.read_json(pid_path) or (
+                {"pid": run["pid"], "start_time": run["start_time"]} if run.get("pid") else None)
+            if info is None:
+                if now - run["claimed_at"] < NEVER_STARTED_GRACE:
+                    continue
+                del self.pending[run_id]
+                self.report(run_id, run["task_id"], {"lost": "the worker was never started"})
+                continue
+            del self.pending[run_id]
+            self.adopt(run, info)
+
+    def adopt(self, run: dict[str, Any], info: dict[str, Any]) -> None:
+        run_id, pid = run["id"], info["pid"]
+        _, exit_path = spawner.run_files(self.paths["runs"], run_id)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            pidfd = -1
+        alive = False
+        if pidfd >= 0:
+            try:
+                alive = abs(psutil.Process(pid).create_time() - info["start_time"]) < 0.05
+            except psutil.NoSuchProcess:
+                alive = False
+        if not alive:
+            if pidfd >= 0:
+                os.close(pidfd)
+            rec = spawner.read_json(exit_path) or {
+                "lost": f"worker (pid {pid}) is gone and left no exit status"}
+            self.report(run_id, run["task_id"], rec, log_path=self._log_path(run["task_id"]))
+            return
+        t = Tracked(run_id, run["task_id"], pid, info["start_time"], pidfd, our_child=False,
+                    log=self._log_path(run["task_id"]), kill_grace=run.get("kill_grace") or 10.0)
+        if run.get("max_runtime") and run.get("started_at"):
+            t.deadline = time.monotonic() + max(0.0, run["started_at"] + run["max_runtime"] - time.time())
+        if run.get("kill_reason"):
+            t.kill_reason = run["kill_reason"]
+        self.tracked[run_id] = t
+        self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
+        log.info("worker.adopted", run=run_id, task=run["task_id"], worker_pid=pid)
+
+    def _log_path(self, task_id: str) -> str:
+        return os.path.join(self.paths["logs"], f"{task_id}.log")
+
+    # ---- spawning and killing ----------------------------------------------
+
+    def spawn(self, spec: dict[str, Any]) -> None:
+        run_id = spec["run"]
+        if run_id in self.tracked or self.stopping:
+            return
+        try:
+            info = spawner.start(spec, self.paths)
+        except spawner.SpawnError as exc:
+            log.warning("worker.spawn_failed", run=run_id, task=spec["task"], error=str(exc))
+            self.report(run_id, spec["task"], {"spawn_error": str(exc)})
+            return
+        pidfd = os.pidfd_open(info["pid"])
+        t = Tracked(run_id, spec["task"], info["pid"], info["start_time"], pidfd, our_child=True,
+                    log=info["log"], kill_grace=spec.get("kill_grace") or 10.0)
+        if spec.get("max_runtime"):
+            t.deadline = time.monotonic() + spec["max_runtime"]
+        self.tracked[run_id] = t
+        self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
+        log.info("worker.started", run=run_id, task=spec["task"], profile=spec["profile"], wrapper_pid=info["pid"],
+                 worker_pid=info["worker_pid"])
+        if self.peer is not None:
+            self.peer.call("run.started", {"run": run_id, "pid": info["pid"], "start_time": info["start_time"],
+                                           "worker_pid": info["worker_pid"]})
+
+    def kill(self, run_id: str, reason: str) -> None:
+        t = self.tracked.get(run_id)
+        if t is None:
+            run = self.pending.pop(run_id, None)
+            _, exit_path = spawner.run_files(self.paths["runs"], run_id)
+            rec = spawner.read_json(exit_path) or {"lost": "no worker is running for this run"}
+            self.report(run_id, run["task_id"] if run else "", rec, killed_for=reason)
+            return
+        if t.kill_reason is None or reason == "timeout":
+            t.kill_reason = reason
+        self._signal(t, signal.SIGTERM)
+        t.kill_at = time.monotonic() + t.kill_grace
+        log.info("worker.terminating", run=run_id, task=t.task, reason=reason)
+
+    def _signal(self, t: Tracked, sig: int) -> None:
+        try:
+            signal.pidfd_send_signal(t.pidfd, 0)  # still the same process?
+            os.killpg(t.pid, sig)
+        except (ProcessLookupError, OSError):
+            pass
+
+    def cleanup(self, p: dict[str, Any]) -> None:
+        if any(t.task == p["task"] for t in self.tracked.values()):
+            self.cleanups.setdefault(p["task"], []).append(p)
+            return
+        result = spawner.cleanup_workspace(p["kind"], p["path"], self.paths["workspaces"],
+                                           self.cfg["workspaces"]["repo"])
+        level = log.warning if result.startswith("refused") else log.info
+        level("workspace.cleanup", task=p["task"], path=p["path"], result=result)
+
+    # ---- exits ---------------------------------------------------------------
+
+    def on_exit(self, run_id: str) -> None:
+        t = self.tracked.pop(run_id)
+        try:
+            self.sel.unregister(t.pidfd)
+        except (KeyError, ValueError):
+            pass
+        os.close(t.pidfd)
+        status = None
+        if t.our_child:
+            try:
+                _, status = os.waitpid(t.pid, 0)
+            except ChildProcessError:
+                status = None
+        _, exit_path = spawner.run_files(self.paths["runs"], run_id)
+        rec = spawner.read_json(exit_path)
+        if rec is None:
+            if status is not None and os.WIFSIGNALED(status):
+                rec = {"signal": os.WTERMSIG(status)}
+            elif t.sent_kill:
+                rec = {"signal": signal.SIGKILL}
+            else:
+                rec = {"lost": f"worker wrapper (pid {t.pid}) ended without recording an exit status"}
+        self.report(run_id, t.task, rec, log_path=t.log, killed_for=t.kill_reason)
+        for p in self.cleanups.pop(t.task, []):
+            self.cleanup(p)
+
+    def report(self, run_id: str, task_id: str, rec: dict[str, Any], log_path: str | None = None,
+               killed_for: str | None = None) -> None:
+        report = {"run": run_id, "exit_code": rec.get("exit_code"), "signal": rec.get("signal"),
+                  "timed_out": killed_for == "timeout", "killed_for": killed_for,
+                  "spawn_error": rec.get("spawn_error"), "lost": rec.get("lost"),
+                  "ended_at": rec.get("ended_at") or time.time()}
+        if log_path and not rec.get("spawn_error"):
+            report["log_tail"] = spawner.log_tail(log_path)
+        log.info("worker.exited", run=run_id, task=task_id, exit_code=report["exit_code"], signal=report["signal"],
+                 killed_for=killed_for, spawn_error=report["spawn_error"], lost=report["lost"])
+        self.unacked[run_id] = report
+        if self.attached:
+            self._send_exit(report)
+
+    def _send_exit(self, report: dict[str, Any]) -> None:
+        run_id = report["run"]
+
+        def acked(msg: dict[str, Any]) -> None:
+            err = msg.get("error")
+            if err and err.get("data", {}).get("name") not in ("not_found",):
+                log.error("reaper.exit_report_refused", run=run_id, error=err)
+                return
+            self.unacked.pop(run_id, None)
+            for path in spawner.run_files(self.paths["runs"], run_id):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+        if self.peer is not None:
+            self.peer.call("run.exited", report, acked)
+
+    # ---- timers --------------------------------------------------------------
+
+    def timers(self) -> float:
+        """Fire due deadlines and escalations; returns seconds until the next one."""
+        now = time.monotonic()
+        nxt = now + 5.0
+        for t in list(self.tracked.values()):
+            if t.deadline is not None and now >= t.deadline and t.kill_reason is None:
+                log.warning("worker.timed_out", run=t.run, task=t.task)
+                self.kill(t.run, "timeout")
+            if t.kill_at is not None and now >= t.kill_at and not t.sent_kill:
+                log.warning("worker.killing", run=t.run, task=t.task, reason=t.kill_reason)
+                self._signal(t, signal.SIGKILL)
+                t.sent_kill = True
+            for when in (t.deadline if t.kill_reason is None else None, None if t.sent_kill else t.kill_at):
+                if when is not None:
+                    nxt = min(nxt, when)
+        if self.pending:
+            nxt = min(nxt, now + 0.25)
+        return max(0.0, nxt - now)
+
+    def rotate_logs(self) -> None:
+        for t in self.tracked.values():
+            if spawner.rotate_if_needed(t.log, self.cfg["logs"]["worker_log_max"]):
+                log.info("worker.log_rotated", task=t.task, path=t.log)
+
+    # ---- shutdown ------------------------------------------------------------
+
+    def begin_stop(self) -> None:
+        policy = self.cfg["dispatch"]["on_shutdown"]
+        self.stopping = policy
+        now = time.monotonic()
+        if policy == "kill":
+            for run_id in list(self.tracked):
+                self.kill(run_id, "shutdown")
+            self.stop_deadline = now + self.cfg["dispatch"]["kill_grace"] + 2.0
+        elif policy == "drain":
+            self.stop_deadline = now + self.cfg["dispatch"]["drain_timeout"]
+        else:
+            self.stop_deadline = now
+        log.info("reaper.stopping", on_shutdown=policy, running=len(self.tracked))
+
+    def stop_done(self) -> bool:
+        now = time.monotonic()
+        if self.stopping == "drain" and now >= self.stop_deadline and self.tracked:
+            for run_id in list(self.tracked):
+                self.kill(run_id, "shutdown")
+            self.stopping = "kill"
+            self.stop_deadline = now + self.cfg["dispatch"]["kill_grace"] + 2.0
+            return False
+        if self.stopping == "leave":
+            return True
+        if not self.tracked and not (self.unacked and self.peer is not None and now < self.stop_deadline + 2):
+            return True
+        return now >= self.stop_deadline + 2
+
+    # ---- loop ----------------------------------------------------------------
+
+    def loop(self) -> int:
+        wake = roles.wakeup_socket(self.ctx)
+        self.sel.register(self.ctx.channel, selectors.EVENT_READ, ("chan", None))
+        self.sel.register(wake, selectors.EVENT_READ, ("sig", None))
+        hb_every = self.cfg["supervisor"]["heartbeat_interval"]
+        next_hb = 0.0
+        next_rotate = time.monotonic() + 5.0
+        self.connect()
+        while True:
+            mono = time.monotonic()
+            if self.peer is None and mono >= self.next_connect:
+                self.connect()
+            if mono >= next_hb:
+                roles.send(self.ctx.channel, {"t": "hb", "ready": self.attached, "workers": len(self.tracked)})
+                next_hb = mono + hb_every
+            if mono >= next_rotate:
+                self.rotate_logs()
+                next_rotate = mono + 5.0
+            if self.pending and self.attached:
+                self.resolve_pending()
+            if self.stopping and self.stop_done():
+                break
+            timeout = min(self.timers(), max(0.0, next_hb - time.monotonic()))
+            if self.peer is None:
+                timeout = min(timeout, max(0.0, self.next_connect - time.monotonic()))
+            if self.stopping:
+                timeout = min(timeout, 0.2)
+            for key, mask in self.sel.select(timeout):
+                kind, arg = key.data
+                if kind == "pidfd":
+                    if arg in self.tracked:
+                        self.on_exit(arg)
+                elif kind == "peer" and self.peer is not None:
+                    if mask & selectors.EVENT_READ:
+                        self.peer.on_readable()
+                    if mask & selectors.EVENT_WRITE and self.peer is not None:
+                        self.peer.on_writable()
+                elif kind == "chan":
+                    msgs = roles.recv(self.ctx.channel)
+                    if msgs is None:
+                        log.warning("reaper.supervisor_gone")
+                        return 0
+                    for msg in msgs:
+                        if msg["t"] == "config":
+                            self.cfg = msg["cfg"]
+                elif kind == "sig":
+                    if any(s in (signal.SIGTERM, signal.SIGINT) for s in roles.read_signals(wake)):
+                        if not self.stopping:
+                            self.begin_stop()
+            self.sync_peer()
+        self.flush_before_exit()
+        return 0
+
+    def flush_before_exit(self) -> None:
+        """Give queued reports a moment to reach the dispatcher; the .exit files keep them anyway."""
+        deadline = time.monotonic() + 1.0
+        while self.peer is not None and not self.peer.closed and self.peer.want_write() \
+                and time.monotonic() < deadline:
+            self.peer.on_writable()
+        for t in self.tracked.values():
+            os.close(t.pidfd)
+        log.info("reaper.stopped", left_running=len(self.tracked))
+
+
+def run(ctx: roles.RoleContext) -> int:
+    """Role entry point."""
+    roles.enter(ctx)
+    return Reaper(ctx).loop()

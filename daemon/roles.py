@@ -1,0 +1,142 @@
+"""The role table and the plumbing every forked role shares.
+
+Runs in: the supervisor (reads ``ROLES``) and in every role right after the
+fork (:func:`enter`).
+
+Heartbeats travel over a ``SOCK_SEQPACKET`` socketpair per role, created by
+the supervisor before the fork. The role sends ``{"t": "hb", ...}`` every
+``supervisor.heartbeat_interval``; the supervisor sends ``config``, ``roles``
+and ``stopping`` messages the other way. EOF on the pair means the supervisor
+died: the role exits at once (``PR_SET_PDEATHSIG`` is the second line of
+defence), so the lock and the socket are free for the next daemon.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import setproctitle
+
+from daemon import log as daemon_log
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleSpec:
+    """How the supervisor runs one role.
+
+    Attributes:
+        entry: ``module:function`` called with a :class:`RoleContext` in the child.
+        restart: ``always`` (restart whenever it dies) or ``on-failure``.
+        order: Start order (low first); shutdown goes in ``stop_order``.
+        stop_order: Shutdown order (low first).
+        stop_timeout: Seconds to wait after SIGTERM before SIGKILL.
+    """
+
+    entry: str
+    restart: str
+    order: int
+    stop_order: int
+    stop_timeout: float
+
+
+ROLES: dict[str, RoleSpec] = {
+    "dispatcher": RoleSpec("daemon.dispatcher:run", "always", order=0, stop_order=2, stop_timeout=10.0),
+    "reaper": RoleSpec("daemon.reaper:run", "always", order=1, stop_order=1, stop_timeout=30.0),
+    "notifier": RoleSpec("daemon.notifier:run", "always", order=2, stop_order=0, stop_timeout=10.0),
+}
+
+
+@dataclasses.dataclass
+class RoleContext:
+    """Everything a role receives from the supervisor across the fork."""
+
+    name: str
+    cfg: dict[str, Any]
+    paths: dict[str, str]
+    channel: socket.socket
+    listener: socket.socket | None
+    supervisor_pid: int
+
+
+def prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def resolve(entry: str) -> Callable[[RoleContext], int]:
+    module, func = entry.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def enter(ctx: RoleContext) -> int:
+    """First code run in a freshly forked role: name it, log it, tie it to the supervisor."""
+    setproctitle.setproctitle(f"kanband: {ctx.name}")
+    daemon_log.configure(ctx.cfg, role=ctx.name)
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != ctx.supervisor_pid:  # the supervisor died before prctl took effect
+        os._exit(0)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, _noop)
+    rfd, wfd = socket.socketpair()
+    rfd.setblocking(False)
+    wfd.setblocking(False)
+    signal.set_wakeup_fd(wfd.fileno(), warn_on_full_buffer=False)
+    ctx.__dict__["_wakeup"] = (rfd, wfd)
+    return rfd.fileno()
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """Signal handlers only enqueue: the wakeup fd carries the signal number to the loop."""
+
+
+def wakeup_socket(ctx: RoleContext) -> socket.socket:
+    return ctx.__dict__["_wakeup"][0]
+
+
+def read_signals(sock: socket.socket) -> list[int]:
+    try:
+        data = sock.recv(256)
+    except (BlockingIOError, InterruptedError):
+        return []
+    return list(data)
+
+
+def send(channel: socket.socket, msg: dict[str, Any]) -> bool:
+    """Send one message on a role channel; False if the peer is gone or the buffer is full."""
+    try:
+        channel.send(json.dumps(msg, separators=(",", ":"), default=str).encode())
+        return True
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False
+
+
+def recv(channel: socket.socket) -> list[dict[str, Any]] | None:
+    """All pending messages, or ``None`` on EOF (the other side died)."""
+    out = []
+    while True:
+        try:
+            data = channel.recv(1 << 22)
+        except (BlockingIOError, InterruptedError):
+            return out
+        except ConnectionResetError:
+            return None
+        if not data:
+            return None
+        try:
+            out.append(json.loads(data))
+        except ValueError:
+            continue

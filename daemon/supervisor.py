@@ -1,0 +1,419 @@
+"""The supervisor: the only loop in the main PID, and the only process that talks to systemd.
+
+Runs in: the ``kanband: supervisor`` process (the daemon's main PID).
+
+It takes the flock and the pidfile, binds the socket, becomes a child
+subreaper, forks the roles from ``ROLES``, and then loops: it reads role
+heartbeats, restarts dead or hung roles with exponential backoff and jitter,
+detects flapping, reaps orphaned worker wrappers, and keeps systemd informed
+(``READY=1``, ``WATCHDOG=1`` only while every role is healthy, ``STATUS=``,
+``RELOADING=1``, ``STOPPING=1``). Signal handlers only enqueue (a wakeup fd);
+the loop does the work.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import fcntl
+import json
+import os
+import random
+import selectors
+import signal
+import socket
+import time
+from typing import Any
+
+import sdnotify
+import setproctitle
+import structlog
+
+from daemon import config as config_mod
+from daemon import ipc, roles
+from daemon import log as daemon_log
+from daemon.board import db as boarddb
+
+log = structlog.get_logger()
+
+
+class AlreadyRunning(Exception):
+    """Another kanband holds the board's lock."""
+
+
+@dataclasses.dataclass
+class RoleState:
+    name: str
+    spec: roles.RoleSpec
+    pid: int | None = None
+    channel: socket.socket | None = None
+    started: float = 0.0            # monotonic
+    started_wall: float = 0.0
+    last_hb: float = 0.0            # monotonic
+    last_hb_wall: float | None = None
+    ready: bool = False
+    restarts: int = 0
+    failures: int = 0               # consecutive quick deaths, drives the backoff
+    next_start: float = 0.0
+    history: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=64))
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    killed_hung: bool = False
+
+
+def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: ``initial * 2**(failures-1)`` capped, times 0.5-1.0."""
+    if failures <= 0:
+        return 0.0
+    base = min(cap, initial * (2 ** (failures - 1)))
+    return base * (0.5 + rng.random() / 2)
+
+
+def is_flapping(history: collections.deque, now: float, window: float, limit: int) -> bool:
+    """More than ``limit`` restarts within the last ``window`` seconds."""
+    return sum(1 for t in history if now - t <= window) > limit
+
+
+class Supervisor:
+    def __init__(self, cfg: dict[str, Any], paths: dict[str, str], config_path: str | None) -> None:
+        self.cfg = cfg
+        self.paths = paths
+        self.config_path = config_path
+        self.sd = sdnotify.SystemdNotifier()
+        self.sel = selectors.DefaultSelector()
+        self.roles = {name: RoleState(name, spec) for name, spec in
+                      sorted(roles.ROLES.items(), key=lambda kv: kv[1].order)}
+        self.rng = random.Random()
+        self.lock_fd: int | None = None
+        self.listener: socket.socket | None = None
+        self.stopping = False
+        self.sent_ready = False
+        self.status_line = ""
+        self.flapping: set[str] = set()
+        self.summary: dict[str, int] = {}
+        wd = os.environ.get("WATCHDOG_USEC")
+        wd_pid = os.environ.get("WATCHDOG_PID")
+        self.watchdog = (int(wd) / 1e6) if wd and (not wd_pid or wd_pid == str(os.getpid())) else None
+        self.next_wd = 0.0
+        self.next_snapshot = 0.0
+
+    # ---- start-up -----------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Take the board lock, then write the pidfile (atomically)."""
+        state = self.paths["state_dir"]
+        os.makedirs(state, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(state, "kanband.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = read_pidfile(self.paths["pidfile"])
+            raise AlreadyRunning(f"kanband is already running on {state} (pid {pid if pid else 'unknown'})") \
+                from None
+        self.lock_fd = fd
+        old = read_pidfile(self.paths["pidfile"])
+        if old and old != os.getpid():
+            log.warning("pidfile.stale_replaced", path=self.paths["pidfile"], old_pid=old)
+        tmp = self.paths["pidfile"] + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.paths["pidfile"])
+
+    def release(self) -> None:
+        if read_pidfile(self.paths["pidfile"]) == os.getpid():
+            os.unlink(self.paths["pidfile"])
+        if self.listener is not None:
+            try:
+                if os.stat(self.paths["socket"]).st_ino == self.socket_ino:
+                    os.unlink(self.paths["socket"])
+            except FileNotFoundError:
+                pass
+            self.listener.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+
+    def run(self) -> int:
+        setproctitle.setproctitle("kanband: supervisor")
+        self.acquire()
+        try:
+            conn = boarddb.connect(self.paths["board"])  # migrate once, before any role opens it
+            conn.close()
+            self.listener = ipc.bind(self.paths["socket"])
+            self.socket_ino = os.stat(self.paths["socket"]).st_ino
+            try:
+                roles.prctl(roles.PR_SET_CHILD_SUBREAPER, 1)
+            except OSError as exc:
+                log.warning("supervisor.subreaper_failed", error=str(exc))
+            log.info("supervisor.started", board=self.paths["board"], socket=self.paths["socket"],
+                     config=self.cfg.get("_file"), watchdog=self.watchdog)
+            return self.loop()
+        finally:
+            self.release()
+
+    # ---- roles --------------------------------------------------------------
+
+    def fork_role(self, r: RoleState) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # child: becomes the role; never returns
+            code = 1
+            try:
+                parent_end.close()
+                signal.set_wakeup_fd(-1)
+                for other in self.roles.values():
+                    if other.channel is not None:
+                        other.channel.close()
+                os.close(self.lock_fd)
+                self.sel.close()
+                listener = self.listener if r.name == "dispatcher" else None
+                if listener is None:
+                    self.listener.close()
+                child_end.setblocking(False)
+                ctx = roles.RoleContext(r.name, self.cfg, self.paths, child_end, listener, self.pid)
+                code = roles.resolve(r.spec.entry)(ctx) or 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                try:
+                    structlog.get_logger().exception("role.crashed", role=r.name)
+                except BaseException:
+                    pass
+            finally:
+                os._exit(code)
+        child_end.close()
+        parent_end.setblocking(False)
+        now = time.monotonic()
+        r.pid, r.channel, r.started, r.started_wall = pid, parent_end, now, time.time()
+        r.last_hb, r.ready, r.killed_hung = now, False, False
+        self.sel.register(parent_end, selectors.EVENT_READ, ("role", r))
+        log.info("role.started", name=r.name, child_pid=pid, restarts=r.restarts)
+
+    def on_role_exit(self, r: RoleState, status: int) -> None:
+        now = time.monotonic()
+        try:
+            self.sel.unregister(r.channel)
+        except (KeyError, ValueError):
+            pass
+        r.channel.close()
+        r.channel, old_pid, r.pid = None, r.pid, None
+        code = os.waitstatus_to_exitcode(status)
+        if self.stopping:
+            log.info("role.stopped", name=r.name, child_pid=old_pid, exit=code)
+            return
+        sup = self.cfg["supervisor"]
+        lived = now - r.started
+        r.failures = 1 if lived >= sup["backoff_reset"] else r.failures + 1
+        delay = backoff_delay(r.failures, sup["backoff_initial"], sup["backoff_max"], self.rng)
+        r.restarts += 1
+        r.history.append(now)
+        r.next_start = now + delay
+        log.error("role.died", name=r.name, child_pid=old_pid, exit=code, lived=round(lived, 3),
+                  restart_in=round(delay, 3), restarts=r.restarts)
+        if is_flapping(r.history, now, sup["flap_window"], sup["flap_restarts"]):
+            if r.name not in self.flapping:
+                log.error("role.flapping", name=r.name, restarts_in_window=sup["flap_restarts"] + 1,
+                          window=sup["flap_window"])
+            self.flapping.add(r.name)
+        self.next_snapshot = 0.0
+
+    def on_role_message(self, r: RoleState) -> None:
+        msgs = roles.recv(r.channel)
+        if msgs is None:
+            try:
+                self.sel.unregister(r.channel)
+            except (KeyError, ValueError):
+                pass
+            return
+        now = time.monotonic()
+        for msg in msgs:
+            if msg.get("t") == "hb":
+                r.last_hb, r.last_hb_wall = now, time.time()
+                if msg.get("ready", True) and not r.ready:
+                    r.ready = True
+                    self.next_snapshot = 0.0
+                r.info = {k: v for k, v in msg.items() if k not in ("t", "summary")}
+                if "summary" in msg:
+                    self.summary = msg["summary"]
+
+    def reap(self) -> None:
+        by_pid = {r.pid: r for r in self.roles.values() if r.pid}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in by_pid:
+                self.on_role_exit(by_pid[pid], status)
+            else:  # an orphaned worker wrapper; its .exit file carries the truth
+                log.info("orphan.reaped", child_pid=pid, exit=os.waitstatus_to_exitcode(status))
+
+    def check_health(self, now: float) -> bool:
+        sup = self.cfg["supervisor"]
+        healthy = True
+        for r in self.roles.values():
+            if r.pid is None:
+                healthy = False
+                if not self.stopping and now >= r.next_start:
+                    self.fork_role(r)
+                continue
+            silent = now - r.last_hb
+            if silent > sup["heartbeat_stale"]:
+                healthy = False
+            if silent > sup["role_timeout"] and not r.killed_hung:
+                log.error("role.hung", name=r.name, child_pid=r.pid, silent=round(silent, 1))
+                r.killed_hung = True
+                os.kill(r.pid, signal.SIGKILL)
+        for name in list(self.flapping):
+            r = self.roles[name]
+            if not is_flapping(r.history, now, sup["flap_window"], sup["flap_restarts"]):
+                self.flapping.discard(name)
+                log.info("role.flapping_ended", name=name)
+        return healthy and not self.flapping
+
+    def role_snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        stale = self.cfg["supervisor"]["heartbeat_stale"]
+        out = {}
+        for r in self.roles.values():
+            if r.pid is None:
+                state = "flapping" if r.name in self.flapping else "restarting"
+            elif not r.ready:
+                state = "starting"
+            elif now - r.last_hb > stale:
+                state = "unresponsive"
+            else:
+                state = "flapping" if r.name in self.flapping else "ok"
+            out[r.name] = {"pid": r.pid, "state": state, "restarts": r.restarts, "last_heartbeat": r.last_hb_wall,
+                           "started_at": r.started_wall, **r.info}
+        return out
+
+    # ---- systemd --------------------------------------------------------------
+
+    def notify(self, msg: str) -> None:
+        self.sd.notify(msg)
+
+    def update_status(self, snapshot: dict[str, Any]) -> None:
+        s = self.summary
+        board = f"{s.get('running', 0)} running, {s.get('ready', 0)} ready, {s.get('blocked', 0)} blocked"
+        line = board + "; " + ", ".join(f"{n} {v['state']}" for n, v in snapshot.items())
+        if line != self.status_line:
+            self.status_line = line
+            self.notify(f"STATUS={line}")
+
+    # ---- signals --------------------------------------------------------------
+
+    def reload(self) -> None:
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            new = config_mod.load(self.config_path)
+        except config_mod.ConfigError as exc:
+            log.error("config.reload_refused", error=str(exc), kept=self.cfg.get("_file"))
+            self.notify("READY=1")
+            return
+        self.cfg = new
+        wire = {**new, "_set": sorted(new["_set"])}
+        for r in self.roles.values():
+            if r.channel is not None:
+                roles.send(r.channel, {"t": "config", "cfg": wire})
+        log.info("config.reloaded", file=new.get("_file"), profiles=sorted(new["profiles"]))
+        self.notify("READY=1")
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.notify("STOPPING=1")
+        log.info("supervisor.stopping", on_shutdown=self.cfg["dispatch"]["on_shutdown"])
+        disp = self.roles["dispatcher"]
+        if disp.channel is not None:
+            roles.send(disp.channel, {"t": "stopping"})
+        for r in sorted(self.roles.values(), key=lambda r: r.spec.stop_order):
+            if r.pid is None:
+                continue
+            timeout = r.spec.stop_timeout
+            if r.name == "reaper" and self.cfg["dispatch"]["on_shutdown"] == "drain":
+                timeout += self.cfg["dispatch"]["drain_timeout"] + self.cfg["dispatch"]["kill_grace"]
+            try:
+                os.kill(r.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while r.pid is not None:
+                if time.monotonic() > deadline:
+                    log.error("role.stop_timeout", name=r.name, child_pid=r.pid)
+                    os.kill(r.pid, signal.SIGKILL)
+                    deadline = time.monotonic() + 5
+                self.reap()
+                if r.pid is not None:
+                    time.sleep(0.02)
+        log.info("supervisor.stopped")
+
+    # ---- loop -------------------------------------------------------------------
+
+    def loop(self) -> int:
+        self.pid = os.getpid()
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, _noop)
+        signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        self.sel.register(rsock, selectors.EVENT_READ, ("sig", None))
+        try:
+            for r in self.roles.values():
+                self.fork_role(r)
+            while True:
+                now = time.monotonic()
+                healthy = self.check_health(now)
+                if not self.sent_ready and all(r.ready and r.pid for r in self.roles.values()):
+                    self.sent_ready = True
+                    self.notify("READY=1")
+                    log.info("supervisor.ready", roles={n: r.pid for n, r in self.roles.items()})
+                if self.watchdog and now >= self.next_wd:
+                    if healthy and self.sent_ready:
+                        self.notify("WATCHDOG=1")
+                    self.next_wd = now + self.watchdog / 2
+                if now >= self.next_snapshot:
+                    snap = self.role_snapshot()
+                    disp = self.roles["dispatcher"]
+                    if disp.channel is not None:
+                        roles.send(disp.channel, {"t": "roles", "roles": snap, "flapping": sorted(self.flapping)})
+                    self.update_status(snap)
+                    self.next_snapshot = now + min(1.0, self.cfg["supervisor"]["heartbeat_interval"])
+                timeout = min(self.next_snapshot, self.next_wd if self.watchdog else now + 1.0) - now
+                pending = [r.next_start for r in self.roles.values() if r.pid is None]
+                if pending:
+                    timeout = min(timeout, min(pending) - now)
+                for key, _ in self.sel.select(max(0.0, min(timeout, 1.0))):
+                    kind, r = key.data
+                    if kind == "role":
+                        self.on_role_message(r)
+                    elif kind == "sig":
+                        sigs = roles.read_signals(rsock)
+                        if signal.SIGCHLD in sigs:
+                            self.reap()
+                        if signal.SIGHUP in sigs:
+                            self.reload()
+                        if signal.SIGTERM in sigs or signal.SIGINT in sigs:
+                            self.stop()
+                            return 0
+                self.reap()
+        finally:
+            signal.set_wakeup_fd(-1)
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """Handlers only enqueue: the wakeup fd carries the signal number to the loop."""
+
+
+def read_pidfile(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0) or None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+__all__ = ["Supervisor", "AlreadyRunning", "backoff_delay", "is_flapping", "json", "daemon_log"]
