@@ -111,7 +111,7 @@ class Reaper:
         for report in list(self.unacked.values()):
             self._send_exit(report)
         for run in msg["result"]["runs"]:
-            if run["id"] not in self.tracked:
+            if run["id"] not in self.tracked and run["id"] not in self.unacked:
                 self.pending[run["id"]] = run
         self.resolve_pending()
         roles.send(self.ctx.channel, {"t": "hb", "ready": True, "workers": len(self.tracked)})
@@ -330,6 +330,8 @@ class Reaper:
 
     def begin_stop(self) -> None:
         policy = self.cfg["dispatch"]["on_shutdown"]
+        if os.getppid() != self.ctx.supervisor_pid:
+            policy = "leave"  # the supervisor died (PDEATHSIG): workers outlive us and get re-adopted
         self.stopping = policy
         now = time.monotonic()
         if policy == "kill":

@@ -428,3 +428,36 @@ def test_runs_cli_lists_attempts(make_daemon):
     js = d.cli_json("runs", t["id"])["runs"]
     assert [r["exit_code"] for r in js] == [2, 2] and all(r["duration"] is not None for r in js)
     assert json.dumps(js)
+
+
+def test_on_shutdown_kill_interrupts_and_requeues(make_daemon):
+    d = make_daemon({"dispatch": {"on_shutdown": "kill", "kill_grace": "0.5s"}}, start=False)
+    profiles(d, sleeper="sleep 60\n")
+    d.start()
+    t = d.cli_json("create", "long", "-a", "sleeper")
+    d.wait_status(t["id"], "running")
+    pid = wait_for(lambda: runs(d, t["id"])[0]["pid"], what="pid")
+    assert d.stop() == 0
+    assert not psutil.pid_exists(pid) or _reaped(pid)
+    d.start()
+    rs = runs(d, t["id"])
+    assert rs[0]["outcome"] == "interrupted"
+    assert d.task(t["id"])["consecutive_failures"] == 0
+
+
+def test_on_shutdown_drain_waits_for_workers(make_daemon):
+    d = make_daemon({"dispatch": {"on_shutdown": "drain", "max_in_progress": 1}}, start=False)
+    gate = f"{d.tmp}/gate"
+    profiles(d, w=f"while [ ! -e {gate} ]; do sleep 0.05; done\nkanban complete --summary drained\n")
+    d.start()
+    t = d.cli_json("create", "finish me", "-a", "w")
+    queued = d.cli_json("create", "must not start during drain", "-a", "w")
+    d.wait_status(t["id"], "running")
+    d.proc.send_signal(15)
+    wait_for(lambda: d.notify.count("STOPPING=1"), what="STOPPING=1")
+    Path(gate).touch()
+    assert d.proc.wait(20) == 0
+    d.start()
+    assert d.task(t["id"])["status"] == "done" and d.task(t["id"])["summary"] == "drained"
+    assert len(runs(d, queued["id"])) <= 1
+    assert runs(d, queued["id"]) == [] or runs(d, queued["id"])[0]["claimed_at"] > runs(d, t["id"])[0]["ended_at"]
