@@ -11,14 +11,12 @@ daemon refused) or 2 (usage).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from typing import Any
 
-from client import protocol
+from client import fastargs, protocol
 from client.rpc import Client, NotRunning, ServerError
 
 #: Flags whose CLI name differs from the wire name (repeatable singular forms).
@@ -44,9 +42,15 @@ class UsageError(Exception):
     pass
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        raise UsageError(f"{self.prog}: {message}")
+def parser_class() -> type:
+    """argparse is imported only when the fast parser defers (help, usage errors)."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # one line, exit 2
+            raise UsageError(f"{self.prog}: {message}")
+
+    return Parser
 
 
 def verbs() -> dict[str, tuple[protocol.Method, str]]:
@@ -63,7 +67,7 @@ def verbs() -> dict[str, tuple[protocol.Method, str]]:
 
 def add_params(sp: argparse.ArgumentParser, method: protocol.Method, verb: str) -> None:
     for p in method.params:
-        kw: dict[str, Any] = {"help": p.doc}
+        kw: dict = {"help": p.doc}
         if verb == "tail" and p.name == "task":
             sp.add_argument("task", metavar="ID", help="task id")
             continue
@@ -93,12 +97,14 @@ def add_params(sp: argparse.ArgumentParser, method: protocol.Method, verb: str) 
         sp.add_argument("--none", action="store_true", help="unassign")
 
 
-def build_parser(only: str | None = None) -> Parser:
+def build_parser(only: str | None = None):
+    import argparse
+    Parser = parser_class()
     parser = Parser(prog="kanban", description="kanban: talk to the kanband task board.")
     parser.add_argument("--socket", help="daemon socket (default: $KANBAN_SOCKET or the XDG runtime dir)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
-    groups: dict[str, argparse._SubParsersAction] = {}
+    groups: dict = {}
     for verb, (method, doc) in verbs().items():
         if only is not None and verb.split()[0] != only:
             continue
@@ -116,9 +122,9 @@ def build_parser(only: str | None = None) -> Parser:
     return parser
 
 
-def collect(ns: argparse.Namespace) -> dict[str, Any]:
+def collect(ns: argparse.Namespace) -> dict:
     method = protocol.METHODS[ns._method]
-    params: dict[str, Any] = {}
+    params: dict = {}
     for p in method.params:
         if not hasattr(ns, p.name):
             continue
@@ -183,11 +189,11 @@ def strip_ansi(s: str) -> str:
     return re.sub(r"\033\[[0-9;]*m", "", s)
 
 
-def fmt_task_line(t: dict[str, Any]) -> str:
+def fmt_task_line(t: dict) -> str:
     return f"{t['id']}  {t['status']:<8} {t['title']}"
 
 
-def fmt_list(r: dict[str, Any], color: bool) -> str:
+def fmt_list(r: dict, color: bool) -> str:
     rows = [[t["id"], paint(t["status"], t["status"], color), str(t["priority"]), t["assignee"] or "-",
              ago(t["updated_at"]), t["title"]] for t in r["tasks"]]
     if not rows:
@@ -198,7 +204,7 @@ def fmt_list(r: dict[str, Any], color: bool) -> str:
     return out
 
 
-def fmt_show(r: dict[str, Any], color: bool) -> str:
+def fmt_show(r: dict, color: bool) -> str:
     t = r["task"]
     lines = [f"{t['id']}  {paint(t['status'], t['status'], color)}  {t['title']}"]
     for key in ("assignee", "priority", "tenant", "created_by", "summary", "result", "block_reason"):
@@ -223,7 +229,7 @@ def fmt_show(r: dict[str, Any], color: bool) -> str:
     return "\n".join(lines)
 
 
-def fmt_stats(r: dict[str, Any], color: bool) -> str:
+def fmt_stats(r: dict, color: bool) -> str:
     rows = [[paint(s, s, color), str(n)] for s, n in r["by_status"].items() if n]
     out = table(rows or [["-", "0"]], ["status", "count"])
     if r["by_assignee"]:
@@ -235,7 +241,7 @@ def fmt_stats(r: dict[str, Any], color: bool) -> str:
     return out
 
 
-def fmt_status(r: dict[str, Any], color: bool) -> str:
+def fmt_status(r: dict, color: bool) -> str:
     s = r["summary"]
     lines = [f"kanband {r['version']}  pid {r['pid']}  up {dur(r['uptime'])}",
              f"board   {r['board']}", f"socket  {r['socket']}", f"config  {r['config'] or '(defaults)'}", ""]
@@ -249,14 +255,14 @@ def fmt_status(r: dict[str, Any], color: bool) -> str:
     return "\n".join(lines)
 
 
-def fmt_runs(r: dict[str, Any], color: bool) -> str:
+def fmt_runs(r: dict, color: bool) -> str:
     rows = [[x["id"], x["outcome"] or x["state"], str(x["exit_code"] if x["exit_code"] is not None else
                                                        (f"sig{x['signal']}" if x["signal"] else "-")),
              dur(x["duration"]), x["summary"] or (x["error"] or "").split("\n")[0]] for x in r["runs"]]
     return table(rows, ["run", "outcome", "exit", "duration", "summary"]) if rows else "no runs"
 
 
-def fmt_plan(r: dict[str, Any], color: bool) -> str:
+def fmt_plan(r: dict, color: bool) -> str:
     rows = [[x["task"], x["decision"], x["assignee"] or "-", x["reason"]] for x in r["plan"]]
     out = table(rows, ["task", "decision", "assignee", "reason"]) if rows else "no ready tasks"
     if not r.get("reaper_attached", True):
@@ -264,7 +270,7 @@ def fmt_plan(r: dict[str, Any], color: bool) -> str:
     return out
 
 
-def fmt_dispatch(r: dict[str, Any], color: bool) -> str:
+def fmt_dispatch(r: dict, color: bool) -> str:
     verb = "would start" if r.get("dry_run") else "started"
     lines = [f"{verb} {x['task']} ({x['profile']})" for x in r["started"]]
     lines += [f"skipped {x['task']}: {x['reason']}" for x in r.get("skipped", [])]
@@ -273,20 +279,20 @@ def fmt_dispatch(r: dict[str, Any], color: bool) -> str:
     return "\n".join(lines) or "nothing to start"
 
 
-def fmt_event(e: dict[str, Any]) -> str:
+def fmt_event(e: dict) -> str:
     ts = time.strftime("%H:%M:%S", time.localtime(e["at"]))
     extra = " ".join(f"{k}={v}" for k, v in e["payload"].items() if v not in (None, "", [], {}) and k != "workspace")
     return f"{ts} #{e['id']} {e['task_id'] or '-'} {e['kind']} {extra}".rstrip()
 
 
-def fmt_tasks(r: dict[str, Any], color: bool) -> str:
+def fmt_tasks(r: dict, color: bool) -> str:
     lines = [fmt_task_line(t) for t in r["tasks"]]
     if r.get("promoted"):
         lines.append("promoted: " + ", ".join(r["promoted"]))
     return "\n".join(lines)
 
 
-def fmt_default(r: Any, color: bool) -> str:
+def fmt_default(r: object, color: bool) -> str:
     if isinstance(r, dict) and "id" in r and "status" in r and "title" in r:
         return fmt_task_line(r)
     if isinstance(r, dict):
@@ -308,7 +314,7 @@ FORMATTERS = {
 }
 
 
-def stream(client: Client, verb: str, params: dict[str, Any], as_json: bool) -> int:
+def stream(client: Client, verb: str, params: dict, as_json: bool) -> int:
     if verb == "tail":
         recent = client.call("events.since", {"task": params["task"], "after": 0})
         params.setdefault("after", recent["events"][-1]["id"] if recent["events"] else recent["last_id"])
@@ -342,11 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     first = pick_verb(argv)
     known = {v.split()[0] for v in verbs()}
     try:
-        parser = build_parser(first if first in known else None)
-        ns = parser.parse_args(argv)
-        if not getattr(ns, "verb", None):
-            parser.print_help()
-            return 2
+        ns = fastargs.parse(argv, verbs(), FLAG_NAMES, COMMA_LISTS)
+        if ns is None:
+            parser = build_parser(first if first in known else None)
+            ns = parser.parse_args(argv)
+            if not getattr(ns, "verb", None):
+                parser.print_help()
+                return 2
         params = collect(ns)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)

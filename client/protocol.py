@@ -12,8 +12,6 @@ over a Unix stream socket. Frames over ``MAX_FRAME`` bytes are refused.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20  # 1 MiB, newline included
@@ -68,7 +66,11 @@ class RPCError(Exception):
         **data: Extra structured detail, merged into ``error.data``.
     """
 
-    def __init__(self, name: str, message: str, **data: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        message: str, **data: object,
+    ) -> None:
         super().__init__(message)
         if name not in ERRORS:
             raise ValueError(f"unknown error name {name!r}")
@@ -77,7 +79,7 @@ class RPCError(Exception):
         self.message = message
         self.data = data
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> dict:
         return {"code": self.code, "message": self.message, "data": {"name": self.name, **self.data}}
 
 
@@ -94,13 +96,12 @@ TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
 class Param:
     """One named parameter of a method.
 
     Attributes:
         name: Wire name (JSON key).
-        type: One of ``TYPES``. Lists hold strings unless ``item`` says otherwise.
+        type: One of ``TYPES``. Lists hold strings.
         required: Whether the request must carry it.
         doc: One line for ``--help`` and the docs.
         nullable: ``null`` is accepted (for example to unassign).
@@ -112,18 +113,34 @@ class Param:
         env: Environment variable the client falls back to (worker context).
     """
 
-    name: str
-    type: str
-    required: bool = False
-    doc: str = ""
-    nullable: bool = False
-    choices: tuple[str, ...] = ()
-    cli: str = "flag"
-    short: str = ""
-    env: str = ""
+    __slots__ = ('name', 'type', 'required', 'doc', 'nullable', 'choices', 'cli', 'short', 'env')
+
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        required: bool = False,
+        doc: str = "",
+        nullable: bool = False,
+        choices: tuple[str, ...] = (),
+        cli: str = "flag",
+        short: str = "",
+        env: str = "",
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.required = required
+        self.doc = doc
+        self.nullable = nullable
+        self.choices = choices
+        self.cli = cli
+        self.short = short
+        self.env = env
+
+    def __repr__(self) -> str:
+        return f"Param({self.name!r})"
 
 
-@dataclasses.dataclass(frozen=True)
 class Method:
     """One RPC method.
 
@@ -140,19 +157,37 @@ class Method:
         stream: The server keeps pushing notifications after the result.
     """
 
-    name: str
-    doc: str
-    params: tuple[Param, ...] = ()
-    result: str = "object"
-    errors: tuple[str, ...] = ()
-    writes: bool = False
-    verb: str = ""
-    aliases: tuple[str, ...] = ()
-    internal: bool = False
-    stream: bool = False
+    __slots__ = ('name', 'doc', 'params', 'result', 'errors', 'writes', 'verb', 'aliases', 'internal', 'stream')
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        params: tuple[Param, ...] = (),
+        result: str = "object",
+        errors: tuple[str, ...] = (),
+        writes: bool = False,
+        verb: str = "",
+        aliases: tuple[str, ...] = (),
+        internal: bool = False,
+        stream: bool = False,
+    ) -> None:
+        self.name = name
+        self.doc = doc
+        self.params = params
+        self.result = result
+        self.errors = errors
+        self.writes = writes
+        self.verb = verb
+        self.aliases = aliases
+        self.internal = internal
+        self.stream = stream
+
+    def __repr__(self) -> str:
+        return f"Method({self.name!r})"
 
 
-def _p(name: str, type_: str, doc: str, **kw: Any) -> Param:
+def _p(name: str, type_: str, doc: str, **kw: object) -> Param:
     return Param(name=name, type=type_, doc=doc, **kw)
 
 
@@ -384,7 +419,7 @@ _METHOD_LIST: tuple[Method, ...] = (
 METHODS: dict[str, Method] = {m.name: m for m in _METHOD_LIST}
 
 
-def check_params(method: Method, params: Any) -> dict[str, Any]:
+def check_params(method: Method, params: object) -> dict:
     """Validate a request's params against the declaration.
 
     Args:

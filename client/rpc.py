@@ -11,8 +11,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any
 
 CONNECT_RETRY = 2.0  # seconds: ride out a daemon restart
 
@@ -24,7 +22,7 @@ class NotRunning(Exception):
 class ServerError(Exception):
     """The daemon answered with a JSON-RPC error."""
 
-    def __init__(self, error: dict[str, Any]) -> None:
+    def __init__(self, error: dict) -> None:
         super().__init__(error.get("message", "error"))
         self.error = error
         self.code = error.get("code")
@@ -75,16 +73,16 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, method: str, params: dict[str, Any] | None = None) -> int:
+    def send(self, method: str, params: dict | None = None) -> int:
         rid = next(self.ids)
         frame = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}
         self.sock.sendall(json.dumps(frame, separators=(",", ":")).encode() + b"\n")
         return rid
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> dict:
         """The next frame from the daemon (a response or a pushed notification)."""
         while b"\n" not in self.buf:
             chunk = self.sock.recv(262144)
@@ -94,7 +92,7 @@ class Client:
         line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
 
-    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+    def call(self, method: str, params: dict | None = None) -> object:
         """Send a request and return its result.
 
         Raises:
@@ -110,7 +108,7 @@ class Client:
             if msg.get("id") is None and "error" in msg:
                 raise ServerError(msg["error"])
 
-    def follow(self, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def follow(self, params: dict | None = None) -> Iterator[dict]:
         """``events.follow``: yields events as the daemon pushes them."""
         self.sock.settimeout(None)
         self.call("events.follow", params)
@@ -120,7 +118,7 @@ class Client:
                 yield msg["params"]
 
 
-def call(method: str, params: dict[str, Any] | None = None, path: str | None = None) -> Any:
+def call(method: str, params: dict | None = None, path: str | None = None) -> object:
     """One request on a fresh connection."""
     with Client(path) as c:
         return c.call(method, params)

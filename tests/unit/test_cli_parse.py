@@ -1,0 +1,70 @@
+"""The fast parser and the argparse parser accept the same command lines the same way."""
+
+from __future__ import annotations
+
+import pytest
+
+from client import cli, fastargs
+
+LINES = [
+    ["create", "hello world"],
+    ["--json", "create", "t", "-a", "bob", "--priority", "3", "--parent", "t_1", "--parent", "t_2", "--triage"],
+    ["create", "t", "--body=long text", "--max-runtime", "30m", "--workspace", "dir:/tmp/x", "--json"],
+    ["create", "t", "--notify", "file", "--idempotency-key", "k1", "--max-retries", "4", "--tenant", "acme"],
+    ["list", "--status", "ready,todo", "-a", "x", "--limit", "5", "--sort", "created"],
+    ["ls", "--archived"],
+    ["show", "t_12345678"],
+    ["assign", "t_1", "alice"],
+    ["assign", "t_1", "--none"],
+    ["link", "t_1", "t_2"],
+    ["comment", "t_1", "looks good", "--author", "me"],
+    ["complete", "t_1", "t_2", "--summary", "done", "--result", "42"],
+    ["complete", "t_1", "--metadata", '{"a": 1}'],
+    ["block", "t_1", "t_2", "--reason", "waiting"],
+    ["unblock", "t_1", "t_2", "t_3"],
+    ["archive", "t_1"],
+    ["edit", "t_1", "--title", "new", "-p", "9"],
+    ["heartbeat", "--note", "half"],
+    ["runs", "t_1"],
+    ["log", "t_1", "--tail", "400"],
+    ["events", "10", "--task", "t_1", "-n", "5"],
+    ["watch", "--kinds", "completed,blocked", "--assignee", "a"],
+    ["tail", "t_1"],
+    ["dispatch", "--dry-run"],
+    ["plan"],
+    ["stats"],
+    ["status", "--json"],
+    ["--socket", "/tmp/s.sock", "show", "t_1"],
+    ["notify", "subscribe", "t_1", "--sink", "file", "--kinds", "completed"],
+    ["notify", "list"],
+    ["notify", "unsubscribe", "s_1", "s_2"],
+    ["notify", "resume", "hook"],
+    ["create", "--", "-starts-with-dash"],
+]
+
+
+@pytest.mark.parametrize("argv", LINES, ids=[" ".join(a) for a in LINES])
+def test_fast_parser_matches_argparse(argv, monkeypatch):
+    monkeypatch.delenv("KANBAN_TASK", raising=False)
+    monkeypatch.delenv("KANBAN_RUN", raising=False)
+    fast = fastargs.parse(argv, cli.verbs(), cli.FLAG_NAMES, cli.COMMA_LISTS)
+    assert fast is not None, "the fast path should handle this line"
+    slow = cli.build_parser().parse_args(argv)
+    assert fast._method == slow._method
+    assert bool(fast.json) == bool(getattr(slow, "json", False))
+    assert fast.socket == slow.socket
+    assert cli.collect(fast) == cli.collect(slow)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["create", "--help"], ["create"], ["show"], ["list", "--bogus"],
+                                  ["list", "--limit", "x"], ["nosuchverb"], ["list", "--sort", "sideways"],
+                                  ["show", "a", "b"], []])
+def test_fast_parser_defers_what_it_does_not_understand(argv):
+    assert fastargs.parse(argv, cli.verbs(), cli.FLAG_NAMES, cli.COMMA_LISTS) is None
+
+
+def test_worker_env_fills_ids_and_run(monkeypatch):
+    monkeypatch.setenv("KANBAN_TASK", "t_env")
+    monkeypatch.setenv("KANBAN_RUN", "r_env")
+    ns = fastargs.parse(["complete", "--summary", "x"], cli.verbs(), cli.FLAG_NAMES, cli.COMMA_LISTS)
+    assert cli.collect(ns) == {"ids": ["t_env"], "summary": "x", "run": "r_env"}
