@@ -59,6 +59,7 @@ class Dispatcher:
         self.stopping = False
         self.summary: dict[str, int] | None = None
         self.next_tick = 0.0
+        self.dispatch_seen = 0  # events up to this id were already considered by an in-transaction pass
 
     # ---- role plumbing ---------------------------------------------------
 
@@ -102,6 +103,7 @@ class Dispatcher:
         for r in reqs:
             out.append((r, self._call(r, now, in_tx=writes)))
         if writes:
+            self._dispatch_in_tx(now)
             try:
                 self.db.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -114,6 +116,24 @@ class Dispatcher:
             if not r.notify:
                 self.server.send(r.conn, resp)
         self.flush_spawns()
+
+    def _dispatch_in_tx(self, now: float) -> None:
+        """Claim what the batch made runnable inside the batch's own transaction: one fsync, not two."""
+        if self.reaper is None or self.stopping:
+            return
+        kinds = tuple(WAKE_KINDS)
+        woke = self.db.execute(f"SELECT 1 FROM events WHERE id > ? AND kind IN ({','.join('?' * len(kinds))}) "
+                               "LIMIT 1", (self.published, *kinds)).fetchone()
+        if not woke:
+            return
+        try:
+            with boarddb.savepoint(self.db, "dispatch"):
+                self.dispatch_pass(self.db, now)
+        except Exception:
+            log.exception("dispatch.pass_failed")
+            self.pending_spawns.clear()
+            return
+        self.dispatch_seen = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
     def _call(self, r: ipc.Request, now: float, in_tx: bool) -> dict[str, Any]:
         method = METHODS.get(r.method)
@@ -215,7 +235,7 @@ class Dispatcher:
 
     def react(self, ev: dict[str, Any]) -> None:
         kind, payload = ev["kind"], ev["payload"]
-        if kind in WAKE_KINDS:
+        if kind in WAKE_KINDS and ev["id"] > self.dispatch_seen:
             self.dispatch_needed = True
         kill = payload.get("kill_run")
         if kill and self.reaper is not None:

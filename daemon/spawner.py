@@ -35,11 +35,12 @@ class SpawnError(Exception):
 
 
 def write_json_atomic(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    """Write-then-rename, so a reader never sees half a file. No fsync: these files only
+    have to outlive the daemon's processes, not the machine (a reboot ends the workers too)."""
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, json.dumps(obj).encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
