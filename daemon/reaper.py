@@ -114,8 +114,8 @@ class Reaper:
             if run["id"] not in self.tracked and run["id"] not in self.unacked:
                 self.pending[run["id"]] = run
         self.resolve_pending()
-        roles.send(self.ctx.channel, {"t": "hb", "ready": True, "workers": len(self.tracked)})
         log.info("reaper.attached", active=len(msg["result"]["runs"]), tracked=len(self.tracked))
+        roles.send(self.ctx.channel, {"t": "hb", "ready": True, "workers": len(self.tracked)})
 
     def on_notify(self, msg: dict[str, Any]) -> None:
         p = msg.get("params") or {}
@@ -176,11 +176,11 @@ class Reaper:
                     log=self._log_path(run["task_id"]), kill_grace=run.get("kill_grace") or 10.0)
         if run.get("max_runtime") and run.get("started_at"):
             t.deadline = time.monotonic() + max(0.0, run["started_at"] + run["max_runtime"] - time.time())
-        if run.get("kill_reason"):
-            t.kill_reason = run["kill_reason"]
         self.tracked[run_id] = t
         self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
-        log.info("worker.adopted", run=run_id, task=run["task_id"], worker_pid=pid)
+        log.info("worker.adopted", run=run_id, task=run["task_id"], wrapper_pid=pid)
+        if run.get("kill_reason"):  # the dispatcher decided to stop it while no reaper was attached
+            self.kill(run_id, run["kill_reason"])
 
     def _log_path(self, task_id: str) -> str:
         return os.path.join(self.paths["logs"], f"{task_id}.log")
@@ -407,6 +407,9 @@ class Reaper:
                             self.cfg = msg["cfg"]
                 elif kind == "sig":
                     if any(s in (signal.SIGTERM, signal.SIGINT) for s in roles.read_signals(wake)):
+                        if roles.orphaned(self.ctx):  # PDEATHSIG: workers stay for the next daemon
+                            log.warning("reaper.supervisor_gone")
+                            return 0
                         if not self.stopping:
                             self.begin_stop()
             self.sync_peer()
