@@ -44,8 +44,8 @@ def bind(path: str | os.PathLike) -> socket.socket:
         SocketInUse: Something answers on ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.parent.stat().st_uid == os.getuid():
+    if not path.parent.exists():  # ours: private. An existing directory is left as it is.
+        path.parent.mkdir(parents=True, mode=0o700)
         os.chmod(path.parent, 0o700)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):

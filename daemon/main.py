@@ -73,17 +73,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def render_unit(exe: str, args: list[str]) -> str:
-    template = (Path(__file__).resolve().parent.parent / "packaging" / "systemd" / "kanband.service")
+UNIT_TEMPLATE = Path(__file__).resolve().parent.parent / "packaging" / "systemd" / "kanband.service"
+
+
+def unit_arg(arg: str) -> str:
+    """Quote one ExecStart= word for systemd: ``%`` and ``$`` are escaped, and a
+    word with spaces, quotes, backslashes or ``;`` is double-quoted."""
+    word = arg.replace("%", "%%").replace("$", "$$")
+    if word and not any(c.isspace() or c in "\"'\\;" for c in word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_unit(exe: str, args: list[str], template: Path = UNIT_TEMPLATE) -> str:
+    """The unit file text with its ``ExecStart=`` line pointing at ``exe args...``."""
     text = template.read_text()
-    cmd = " ".join([exe, *args])
+    cmd = " ".join(unit_arg(a) for a in [exe, *args])
     return "\n".join(f"ExecStart={cmd}" if line.startswith("ExecStart=") else line
                      for line in text.splitlines()) + "\n"
 
 
+def kanband_path() -> str:
+    """The installed ``kanband`` that is running now (not merely the first one on PATH)."""
+    candidates = []
+    if os.path.basename(sys.argv[0]) == "kanband":
+        candidates.append(os.path.abspath(sys.argv[0]))
+    candidates.append(os.path.join(os.path.dirname(sys.executable), "kanband"))
+    found = shutil.which("kanband")
+    if found:
+        candidates.append(found)
+    for exe in candidates:
+        if os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return os.path.realpath(exe)
+    return candidates[0]
+
+
 def service_install(args: argparse.Namespace) -> int:
-    exe = shutil.which("kanband") or os.path.join(os.path.dirname(sys.executable), "kanband")
-    exe = os.path.realpath(exe) if os.path.exists(exe) else exe
+    exe = kanband_path()
     extra = []
     if args.config:
         extra += ["--config", str(Path(args.config).resolve())]
@@ -92,11 +118,19 @@ def service_install(args: argparse.Namespace) -> int:
     unit_dir = xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user"
     unit_dir.mkdir(parents=True, exist_ok=True)
     target = unit_dir / "kanband.service"
-    if target.exists() and not args.force and not args.now:
-        print(f"kanband: {target} exists; pass --force to overwrite", file=sys.stderr)
+    try:
+        text = render_unit(exe, extra)
+    except FileNotFoundError:
+        print(f"kanband: the unit template {UNIT_TEMPLATE} is missing from this installation", file=sys.stderr)
         return 1
-    target.write_text(render_unit(exe, extra))
-    print(f"wrote {target}")
+    if target.exists() and target.read_text() == text:
+        print(f"{target} is already up to date")
+    elif target.exists() and not args.force:
+        print(f"kanband: {target} exists and differs; pass --force to overwrite", file=sys.stderr)
+        return 1
+    else:
+        target.write_text(text)
+        print(f"wrote {target}")
     have = shutil.which("systemctl") is not None
     steps = ["systemctl --user daemon-reload", "systemctl --user enable --now kanband",
              "journalctl --user -u kanband -f"]

@@ -151,8 +151,11 @@ def started(conn: sqlite3.Connection, now: float, run_id: str, pid: int, start_t
     run = get_run(conn, run_id)
     if run["state"] == "ended":
         return {"ok": False, "state": "ended"}
+    # started_at is the wrapper's own start (process start time, wall clock), the same clock the
+    # wrapper uses for ended_at, so durations are never negative.
+    started_at = start_time if start_time and abs(start_time - now) < 3600 else now
     conn.execute("UPDATE runs SET state='running', pid=?, start_time=?, worker_pid=?, started_at=? WHERE id=?",
-                 (pid, start_time, worker_pid, now, run_id))
+                 (pid, start_time, worker_pid, started_at, run_id))
     tasks.emit(conn, now, "started", run["task_id"], run_id, pid=pid, worker_pid=worker_pid)
     return {"ok": True}
 
