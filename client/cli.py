@@ -216,7 +216,7 @@ def fmt_show(r: dict, color: bool) -> str:
         lines += ["", *("  " + line for line in t["body"].splitlines())]
     for label, key in (("parents", "parents"), ("children", "children")):
         if r[key]:
-            lines += ["", f"{label}:"] + [f"  {x['id']}  {paint(x['status'], x['status'], color):<8} {x['title']}"
+            lines += ["", f"{label}:"] + [f"  {x['id']}  {paint(x['status'].ljust(8), x['status'], color)} {x['title']}"
                                           for x in r[key]]
     if r["runs"]:
         lines += ["", "runs:"] + [f"  {x['id']}  {x['outcome'] or x['state']:<18} exit={x['exit_code']} "
@@ -300,7 +300,41 @@ def fmt_default(r: object, color: bool) -> str:
     return str(r)
 
 
+def fmt_sub_target(s: dict) -> str:
+    if s["task_id"]:
+        return s["task_id"] + (" +descendants" if s["descendants"] else "")
+    filters = [f"{k}={s[k]}" for k in ("assignee", "tenant") if s.get(k)]
+    return " ".join(filters) or "(every task)"
+
+
+def fmt_notify_list(r: dict, color: bool) -> str:
+    rows = []
+    for s in r["sinks"]:
+        state = "new" if s["cursor"] is None else "paused" if s["paused"] else \
+            f"failing ({s['failures']})" if s["failures"] else "ok"
+        rows.append([s["name"], s["type"], paint(state, "blocked" if s["paused"] else "ready", color),
+                     "-" if s["cursor"] is None else str(s["cursor"]), "-" if s["lag"] is None else str(s["lag"]),
+                     "all" if s["all"] else "subscribed", (s.get("last_error") or "").split("\n")[0][:60]])
+    out = table(rows, ["sink", "type", "state", "cursor", "lag", "delivers", "last error"]) if rows \
+        else "no sinks configured (see docs/notifications.md)"
+    subs = [[s["id"], s["sink"], fmt_sub_target(s), ",".join(s["kinds"]) if s["kinds"] else "(sink's kinds)",
+             (s.get("task_title") or "")[:40]] for s in r["subscriptions"]]
+    out += "\n\n" + (table(subs, ["subscription", "sink", "target", "kinds", "task"]) if subs
+                      else "no subscriptions")
+    return out
+
+
+def fmt_subscribed(r: dict, color: bool) -> str:
+    kinds = ",".join(r["kinds"]) if r["kinds"] else "the sink's kinds"
+    verb = "subscribed" if r.get("created", True) else "already subscribed"
+    return f"{verb} {r['id']}: {r['sink']} <- {fmt_sub_target(r)} ({kinds})"
+
+
 FORMATTERS = {
+    "notify list": fmt_notify_list, "notify subscribe": fmt_subscribed,
+    "notify unsubscribe": lambda r, c: "removed " + ", ".join(r["removed"]),
+    "notify resume": lambda r, c: f"resumed {r['name']}" + ("" if r.get("was_paused") else " (it was not paused)")
+                                  + f"; {r['lag']} events behind the end of the log",
     "list": fmt_list, "ls": fmt_list, "show": fmt_show, "stats": fmt_stats, "status": fmt_status,
     "runs": fmt_runs, "plan": fmt_plan, "dispatch": fmt_dispatch, "complete": fmt_tasks, "block": fmt_tasks,
     "unblock": fmt_tasks, "archive": fmt_tasks,
@@ -315,15 +349,24 @@ FORMATTERS = {
 
 
 def stream(client: Client, verb: str, params: dict, as_json: bool) -> int:
-    if verb == "tail":
-        recent = client.call("events.since", {"task": params["task"], "after": 0})
-        params.setdefault("after", recent["events"][-1]["id"] if recent["events"] else recent["last_id"])
-        for e in recent["events"][-20:]:
-            print(json.dumps(e) if as_json else fmt_event(e), flush=True)
+    """``watch`` and ``tail``: print events as the daemon pushes them, until Ctrl-C."""
+    def emit(e: dict) -> None:
+        print(json.dumps(e) if as_json else fmt_event(e), flush=True)
+
     try:
+        if verb == "tail":  # the task's last 20 events, then live from there (no gap, no repeat)
+            recent = client.call("task.show", {"id": params["task"]})["events"]
+            if recent:
+                params.setdefault("after", recent[-1]["id"])
+            for e in recent:
+                if not params.get("kinds") or e["kind"] in params["kinds"]:
+                    emit(e)
         for e in client.follow(params):
-            print(json.dumps(e) if as_json else fmt_event(e), flush=True)
+            emit(e)
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `kanban watch | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
 
@@ -353,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             parser = build_parser(first if first in known else None)
             ns = parser.parse_args(argv)
             if not getattr(ns, "verb", None):
-                parser.print_help()
+                print("kanban: missing VERB (try `kanban --help`)", file=sys.stderr)
                 return 2
         params = collect(ns)
     except UsageError as exc:

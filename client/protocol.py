@@ -240,7 +240,8 @@ _METHOD_LIST: tuple[Method, ...] = (
     ),
     Method(
         "task.assign", "Assign a task to a profile (or unassign with --none)",
-        params=(_ID, _p("assignee", "str", "new assignee", nullable=True, cli="pos*")),
+        params=(_ID, _p("assignee", "str", "new assignee (null unassigns)", required=True, nullable=True,
+                        cli="pos*")),
         result="task object", errors=("not_found",), writes=True, verb="assign",
     ),
     Method(
@@ -435,14 +436,15 @@ def check_params(method: Method, params: object) -> dict:
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise RPCError("invalid_params", f"{method.name}: params must be an object, got {type(params).__name__}")
+        raise RPCError("invalid_params", f"{method.name}: params must be an object, got {type(params).__name__}",
+                       field="params")
     declared = {p.name: p for p in method.params}
     for key in params:
         if key not in declared:
             raise RPCError("invalid_params", f"{method.name}: unknown parameter {key!r}", field=key)
     for p in method.params:
         if p.name not in params or params[p.name] is None:
-            if p.required:
+            if p.required and not (p.nullable and p.name in params):
                 raise RPCError("invalid_params", f"{method.name}: missing required parameter {p.name!r}",
                                field=p.name)
             if p.name in params and not p.nullable:

@@ -98,7 +98,12 @@ class Client:
         Raises:
             ServerError: The daemon answered with an error.
         """
-        rid = self.send(method, params)
+        try:
+            rid = self.send(method, params)
+        except (BrokenPipeError, ConnectionResetError):
+            # The daemon refused us (permission_denied, too many clients) and closed the
+            # connection before our request went out; its error frame may be waiting.
+            rid = None
         while True:
             msg = self.read()
             if msg.get("id") == rid:

@@ -19,7 +19,8 @@ from pathlib import Path
 BUSY_TIMEOUT_MS = 5000
 
 # Each entry upgrades the schema from version i to i+1. Never edit a shipped
-# migration; append a new one.
+# migration; append a new one. Statements are split on ";" (executescript would
+# commit mid-migration), so a migration must not contain ";" inside a statement.
 MIGRATIONS: tuple[str, ...] = (
     # 0 -> 1: the first schema.
     """

@@ -258,7 +258,13 @@ def block(conn: sqlite3.Connection, now: float, ids: list[str], reason: str, run
     return {"tasks": out}
 
 
+def _need_ids(ids: list[str]) -> None:
+    if not ids:
+        raise RPCError("invalid_params", "no task ids given", field="ids")
+
+
 def unblock(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, Any]:
+    _need_ids(ids)
     out = []
     for task_id in ids:
         row = get(conn, task_id)
@@ -270,6 +276,7 @@ def unblock(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, A
 
 
 def archive(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, Any]:
+    _need_ids(ids)
     out, promoted = [], []
     for task_id in ids:
         row = get(conn, task_id)
@@ -398,13 +405,16 @@ def event_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 def events_since(conn: sqlite3.Connection, after: int = 0, task: str | None = None,
                  limit: int | None = None) -> dict[str, Any]:
+    if limit is not None and limit < 0:
+        raise RPCError("invalid_params", "limit must not be negative", field="limit")
+    limit = 1000 if limit is None else limit
     if task:
         get(conn, task)
         rows = conn.execute("SELECT id, task_id, run_id, kind, payload, at FROM events WHERE task_id=? AND id>? "
-                            "ORDER BY id LIMIT ?", (task, after, limit or 1000)).fetchall()
+                            "ORDER BY id LIMIT ?", (task, after, limit)).fetchall()
     else:
         rows = conn.execute("SELECT id, task_id, run_id, kind, payload, at FROM events WHERE id>? ORDER BY id "
-                            "LIMIT ?", (after, limit or 1000)).fetchall()
+                            "LIMIT ?", (after, limit)).fetchall()
     evs = [event_dict(r) for r in rows]
     last = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
     return {"events": evs, "last_id": last}
