@@ -31,6 +31,7 @@ bench: compile
 docs: $(STAMP)
 	$(BIN)/python -m client.protocol > docs/protocol.md
 	$(BIN)/python -m daemon.config > docs/config.md
+	$(BIN)/python -m tests.unit.test_docs
 
 check-config: $(STAMP)
 	$(BIN)/kanband --check-config --config examples/config.yaml
