@@ -49,7 +49,7 @@ PROFILE: dict[str, Field] = {
 SINK: dict[str, Field] = {
     "type": Field("choice", None, "command, webhook or desktop", choices=("command", "webhook", "desktop")),
     "command": Field("list", None, "command sink: argv; the event JSON arrives on stdin; placeholders "
-                     "{task_id} {kind} {title} {summary}", nullable=True),
+                     "{task_id} {kind} {title} {summary} {event_id}; non-zero exit = failure", nullable=True),
     "url": Field("str", None, "webhook sink: URL to POST the event JSON to", nullable=True),
     "secret": Field("str", None, "webhook sink: HMAC-SHA256 key; signature in X-Kanban-Signature",
                     nullable=True),
@@ -104,7 +104,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "flap_window": Field("duration", 60.0, "window for flap detection"),
     },
     "notify": {
-        "max_failures": Field("int", 5, "consecutive failures before a sink is paused"),
+        "max_failures": Field("int", 5, "consecutive failures before a sink is paused (0: never pause)"),
         "backoff_initial": Field("duration", 1.0, "first retry delay after a failed delivery"),
         "backoff_max": Field("duration", 300.0, "retry delay cap"),
         "lag_warn": Field("int", 1000, "log a warning when a sink lags by more events than this"),

@@ -225,6 +225,9 @@ class Dispatcher:
         for conn in followers:
             if conn.wbuf:
                 self.server.flush(conn)
+                if not conn.closed and len(conn.wbuf) > ipc.WBUF_LIMIT:  # a follower that stopped reading
+                    log.warning("socket.slow_client_dropped", peer_pid=conn.peer_pid, buffered=len(conn.wbuf))
+                    self.server.close(conn)
 
     def _grow_trees(self, followers: list[ipc.Connection], ev: dict[str, Any]) -> None:
         parents = ev["payload"].get("parents") or ([ev["payload"]["parent"]] if ev["payload"].get("parent") else [])
