@@ -121,6 +121,12 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 1 -> 2: an archived task's subscriptions end at the archive event instead of vanishing, so a
+    # lagging sink still delivers what happened before; they are pruned once the sink's cursor passes.
+    """
+    ALTER TABLE subscriptions ADD COLUMN until_id INTEGER;
+    CREATE INDEX subscriptions_task ON subscriptions(sink, task_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

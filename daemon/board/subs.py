@@ -65,7 +65,7 @@ def subscribe(conn: sqlite3.Connection, now: float, *, sink: str, task_id: str |
     kinds_json = json.dumps(sorted(kinds)) if kinds else None
     same = conn.execute(
         "SELECT * FROM subscriptions WHERE sink=? AND task_id IS ? AND descendants=? AND assignee IS ? "
-        "AND tenant IS ? AND kinds IS ?", (sink, task_id, int(descendants), assignee, tenant, kinds_json)).fetchone()
+        "AND tenant IS ? AND kinds IS ? AND until_id IS NULL", (sink, task_id, int(descendants), assignee, tenant, kinds_json)).fetchone()
     if same is not None:
         return {**_sub_dict(same), "created": False}
     sub_id = tasks.new_id("s_")
@@ -120,7 +120,7 @@ def list_all(conn: sqlite3.Connection, cfg: dict[str, Any]) -> dict[str, Any]:
     """Every subscription (with its task's title) and every configured sink's state."""
     subs = []
     for r in conn.execute("SELECT s.*, t.title AS task_title FROM subscriptions s LEFT JOIN tasks t "
-                          "ON t.id=s.task_id ORDER BY s.created_at, s.id"):
+                          "ON t.id=s.task_id WHERE s.until_id IS NULL ORDER BY s.created_at, s.id"):
         subs.append(_sub_dict(r))
     last = _last_event(conn)
     sinks = []
@@ -145,6 +145,8 @@ def ack(conn: sqlite3.Connection, now: float, sink: str, *, cursor: int | None, 
     state = sink_state(conn, sink)
     if cursor is not None and cursor > state["cursor"]:
         conn.execute("UPDATE sinks SET cursor=?, updated_at=? WHERE name=?", (cursor, now, sink))
+        conn.execute("DELETE FROM subscriptions WHERE sink=? AND until_id IS NOT NULL AND until_id <= ?",
+                     (sink, cursor))
     if failed:
         conn.execute("UPDATE sinks SET failures=failures+1, last_error=?, updated_at=? WHERE name=?",
                      (error, now, sink))
@@ -195,7 +197,7 @@ def matches(sub: dict[str, Any], ev: dict[str, Any], lineage: set[str], sink_kin
         lineage: The event's task and its ancestors (for ``descendants``).
         sink_kinds: The sink's kinds, used when the subscription names none.
     """
-    if ev["id"] <= sub["after_id"]:
+    if ev["id"] <= sub["after_id"] or (sub.get("until_id") is not None and ev["id"] > sub["until_id"]):
         return False
     if ev["kind"] not in (sub["kinds"] or sink_kinds):
         return False

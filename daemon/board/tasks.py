@@ -284,9 +284,10 @@ def archive(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, A
         if fenced:
             conn.execute("UPDATE runs SET outcome='cancelled' WHERE id=? AND outcome IS NULL", (fenced,))
         set_status(conn, now, row, "archive", current_run=None)
-        conn.execute("DELETE FROM subscriptions WHERE task_id=?", (task_id,))
-        emit(conn, now, "archived", task_id, fenced, kill_run=fenced,
-             workspace={"kind": row["workspace_kind"], "path": row["workspace_path"]})
+        last = emit(conn, now, "archived", task_id, fenced, kill_run=fenced,
+                    workspace={"kind": row["workspace_kind"], "path": row["workspace_path"]})
+        # the task's subscriptions end here; each is pruned once its sink has delivered up to `last`
+        conn.execute("UPDATE subscriptions SET until_id=? WHERE task_id=? AND until_id IS NULL", (last, task_id))
         promoted += promote_children(conn, now, task_id)
         out.append(task_dict(conn, task_id))
     return {"tasks": out, "promoted": promoted}

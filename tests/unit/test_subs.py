@@ -194,3 +194,22 @@ def test_document_placeholders_and_summary():
 def test_signature_is_hmac_sha256_of_the_body():
     body = json.dumps(sinks.document("w", EVENT)).encode()
     assert sinks.signature("k", body) == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+
+
+def test_archive_ends_subscriptions_without_losing_undelivered_events(conn):
+    attach(conn)
+    t = new(conn, "watched")
+    sub = w(conn, subs.subscribe, sink="hook", task_id=t, kinds=["commented", "archived"])
+    w(conn, tasks.comment, t, "before the archive")       # the sink has not delivered this yet
+    w(conn, tasks.archive, [t])
+    w(conn, tasks.comment, t, "after the archive")        # past the subscription's end
+    assert subs.list_all(conn, CFG)["subscriptions"] == []  # ended: no longer listed
+    p = pending(conn, "hook")
+    assert [e["kind"] for e in p["events"]] == ["commented", "archived"]
+    assert all(e["subscriptions"] == [sub["id"]] for e in p["events"])
+    with boarddb.write(conn):
+        subs.ack(conn, 3.0, "hook", cursor=p["events"][0]["id"], failed=False, error=None, paused=False)
+    assert conn.execute("SELECT count(*) FROM subscriptions").fetchone()[0] == 1  # still owed the archive
+    with boarddb.write(conn):
+        subs.ack(conn, 3.0, "hook", cursor=p["scanned_to"], failed=False, error=None, paused=False)
+    assert conn.execute("SELECT count(*) FROM subscriptions").fetchone()[0] == 0  # pruned once delivered
