@@ -155,42 +155,39 @@ def service_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def fail(message: str, code: int) -> int:
+    """Print a one-line error on stderr (with the journald ``<3>`` priority when stderr is the journal)."""
+    prefix = "<3>" if daemon_log.stdout_is_journal(sys.stderr) else ""
+    print(f"{prefix}kanband: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 ok (or stopped cleanly), 1 already running / socket in use, 2 bad config or arguments."""
     args = build_parser().parse_args(argv)
     if args.command == "service":
         return service_install(args)
     config_path = Path(args.config) if args.config else default_config_path()
     if args.config and not config_path.exists():
-        print(f"kanband: config file {config_path} does not exist", file=sys.stderr)
-        return 2
+        return fail(f"config file {config_path} does not exist", 2)
     try:
         cfg = config_mod.load(config_path)
     except config_mod.ConfigError as exc:
-        print(f"kanband: bad config: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"bad config: {exc}", 2)
     if args.check_config:
         src = cfg["_file"] or "no file (defaults)"
         print(f"config OK: {src}; {len(cfg['profiles'])} profile(s), {len(cfg['sinks'])} sink(s)")
         return 0
     paths = resolve_paths(cfg, args.state_dir, args.socket)
     if len(paths["socket"].encode()) > SUN_PATH_MAX:
-        print(f"kanband: socket path {paths['socket']} is longer than {SUN_PATH_MAX} bytes; pass a shorter "
-              "--socket", file=sys.stderr)
-        return 2
+        return fail(f"socket path {paths['socket']} is longer than {SUN_PATH_MAX} bytes; pass a shorter --socket", 2)
     daemon_log.configure(cfg, role="supervisor")
     from daemon.ipc import SocketInUse
     from daemon.supervisor import AlreadyRunning, Supervisor
     try:
         return Supervisor(cfg, paths, str(config_path)).run()
-    except AlreadyRunning as exc:
-        print(f"kanband: {exc}", file=sys.stderr)
-        return 1
-    except SocketInUse as exc:
-        print(f"kanband: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
-        print(f"kanband: {exc}", file=sys.stderr)
-        return 1
+    except (AlreadyRunning, SocketInUse, RuntimeError) as exc:
+        return fail(str(exc), 1)
 
 
 if __name__ == "__main__":

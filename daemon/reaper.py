@@ -177,10 +177,19 @@ class Reaper:
         if run.get("max_runtime") and run.get("started_at"):
             t.deadline = time.monotonic() + max(0.0, run["started_at"] + run["max_runtime"] - time.time())
         self.tracked[run_id] = t
-        self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
+        self._watch(pidfd, run_id)
         log.info("worker.adopted", run=run_id, task=run["task_id"], wrapper_pid=pid)
         if run.get("kill_reason"):  # the dispatcher decided to stop it while no reaper was attached
             self.kill(run_id, run["kill_reason"])
+
+    def _watch(self, pidfd: int, run_id: str) -> None:
+        try:
+            self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
+        except KeyError:
+            # The fd number is reused: the dispatcher connection was closed (EOF or EPIPE) in
+            # this very batch and sync_peer() has not unregistered it yet. Evict the stale key.
+            self.sel.unregister(pidfd)
+            self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
 
     def _log_path(self, task_id: str) -> str:
         return os.path.join(self.paths["logs"], f"{task_id}.log")
@@ -203,7 +212,7 @@ class Reaper:
         if spec.get("max_runtime"):
             t.deadline = time.monotonic() + spec["max_runtime"]
         self.tracked[run_id] = t
-        self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
+        self._watch(pidfd, run_id)
         log.info("worker.started", run=run_id, task=spec["task"], profile=spec["profile"], wrapper_pid=info["pid"],
                  worker_pid=info["worker_pid"])
         if self.peer is not None:

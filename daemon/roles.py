@@ -37,10 +37,14 @@ class RoleSpec:
 
     Attributes:
         entry: ``module:function`` called with a :class:`RoleContext` in the child.
-        restart: ``always`` (restart whenever it dies) or ``on-failure``.
+        restart: ``always``: restarted whenever it dies, with backoff. Every
+            role is essential (the daemon is unhealthy while one is down), so
+            no other policy is accepted.
         order: Start order (low first); shutdown goes in ``stop_order``.
         stop_order: Shutdown order (low first).
         stop_timeout: Seconds to wait after SIGTERM before SIGKILL.
+        hang_timeout: Seconds without a heartbeat before the role is killed
+            and restarted; ``None`` means ``supervisor.role_timeout``.
     """
 
     entry: str
@@ -48,6 +52,11 @@ class RoleSpec:
     order: int
     stop_order: int
     stop_timeout: float
+    hang_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.restart != "always":
+            raise ValueError(f"role restart policy must be 'always', got {self.restart!r}")
 
 
 ROLES: dict[str, RoleSpec] = {
@@ -87,14 +96,28 @@ def enter(ctx: RoleContext) -> int:
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != ctx.supervisor_pid:  # the supervisor died before prctl took effect
         os._exit(0)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, _noop)
+    # Ctrl-C on a terminal reaches the whole process group: only the supervisor
+    # acts on it, and stops the roles in order. (Workers are not affected: the
+    # wrapper installs its own handlers, which exec resets to the default.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     rfd, wfd = socket.socketpair()
     rfd.setblocking(False)
     wfd.setblocking(False)
     signal.set_wakeup_fd(wfd.fileno(), warn_on_full_buffer=False)
     ctx.__dict__["_wakeup"] = (rfd, wfd)
     return rfd.fileno()
+
+
+def orphaned(ctx: RoleContext) -> bool:
+    """True once the supervisor that forked this role is gone (we were re-parented).
+
+    A role that gets SIGTERM while orphaned got it from ``PR_SET_PDEATHSIG``:
+    it must simply exit, not run a graceful stop (workers are not roles and
+    keep running for the next daemon to re-adopt).
+    """
+    return os.getppid() != ctx.supervisor_pid
 
 
 def _noop(signum: int, frame: Any) -> None:

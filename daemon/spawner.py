@@ -205,7 +205,10 @@ def _wrapper(argv: list[str], env: dict[str, str], cwd: str, logfd: int, report:
             os.write(report, b"err " + msg.encode())
             os._exit(127)
         write_json_atomic(pid_path, {"pid": os.getpid(), "start_time": me.create_time(), "worker_pid": proc.pid})
-        os.write(report, f"ok {proc.pid}".encode())
+        try:
+            os.write(report, f"ok {proc.pid}".encode())
+        except OSError:  # EPIPE: the reaper died since the fork; the pid file tells the next one
+            pass
         os.close(report)
         while True:
             try:

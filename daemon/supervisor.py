@@ -16,12 +16,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import fcntl
-import json
 import os
 import random
 import selectors
 import signal
 import socket
+import stat
 import time
 from typing import Any
 
@@ -35,6 +35,8 @@ from daemon import log as daemon_log
 from daemon.board import db as boarddb
 
 log = structlog.get_logger()
+
+BIND_WAIT = 5.0  # seconds to wait for a dying predecessor's dispatcher to release the socket
 
 
 class AlreadyRunning(Exception):
@@ -51,7 +53,9 @@ class RoleState:
     started_wall: float = 0.0
     last_hb: float = 0.0            # monotonic
     last_hb_wall: float | None = None
-    ready: bool = False
+    ready: bool = False             # the role's latest heartbeat said it is ready
+    unready_since: float = 0.0      # monotonic; when ``ready`` last went False
+    checked_in: bool = False        # ready at least once since this fork
     restarts: int = 0
     failures: int = 0               # consecutive quick deaths, drives the backoff
     next_start: float = 0.0
@@ -74,6 +78,8 @@ def is_flapping(history: collections.deque, now: float, window: float, limit: in
 
 
 class Supervisor:
+    """The main PID: owns the lock, pidfile and socket, runs the roles, speaks sd_notify."""
+
     def __init__(self, cfg: dict[str, Any], paths: dict[str, str], config_path: str | None) -> None:
         self.cfg = cfg
         self.paths = paths
@@ -88,6 +94,7 @@ class Supervisor:
         self.stopping = False
         self.sent_ready = False
         self.status_line = ""
+        self.healthy = False
         self.flapping: set[str] = set()
         self.summary: dict[str, int] = {}
         wd = os.environ.get("WATCHDOG_USEC")
@@ -134,13 +141,34 @@ class Supervisor:
         if self.lock_fd is not None:
             os.close(self.lock_fd)
 
+    def bind(self) -> socket.socket:
+        """Bind the socket, waiting briefly if a dying predecessor still listens on it.
+
+        We hold the board lock, so a listener on our socket path is either the
+        dispatcher of a supervisor that was just killed (it exits as soon as it
+        sees its channel close) or another board's daemon; only the latter
+        outlives ``BIND_WAIT``.
+        """
+        deadline = time.monotonic() + BIND_WAIT
+        while True:
+            try:
+                return ipc.bind(self.paths["socket"])
+            except ipc.SocketInUse:
+                try:
+                    is_sock = stat.S_ISSOCK(os.lstat(self.paths["socket"]).st_mode)
+                except FileNotFoundError:
+                    is_sock = True
+                if not is_sock or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
     def run(self) -> int:
         setproctitle.setproctitle("kanband: supervisor")
         self.acquire()
         try:
             conn = boarddb.connect(self.paths["board"])  # migrate once, before any role opens it
             conn.close()
-            self.listener = ipc.bind(self.paths["socket"])
+            self.listener = self.bind()
             self.socket_ino = os.stat(self.paths["socket"]).st_ino
             try:
                 roles.prctl(roles.PR_SET_CHILD_SUBREAPER, 1)
@@ -186,9 +214,12 @@ class Supervisor:
         parent_end.setblocking(False)
         now = time.monotonic()
         r.pid, r.channel, r.started, r.started_wall = pid, parent_end, now, time.time()
-        r.last_hb, r.ready, r.killed_hung = now, False, False
+        r.last_hb, r.ready, r.checked_in, r.killed_hung = now, False, False, False
+        r.unready_since, r.info = now, {}
         self.sel.register(parent_end, selectors.EVENT_READ, ("role", r))
         log.info("role.started", name=r.name, child_pid=pid, restarts=r.restarts)
+        if r.name == "dispatcher":  # queued before it serves anyone: daemon.status is never role-less
+            roles.send(parent_end, {"t": "roles", "roles": self.role_snapshot(), "flapping": sorted(self.flapping)})
 
     def on_role_exit(self, r: RoleState, status: int) -> None:
         now = time.monotonic()
@@ -219,6 +250,8 @@ class Supervisor:
         self.next_snapshot = 0.0
 
     def on_role_message(self, r: RoleState) -> None:
+        if r.channel is None:
+            return
         msgs = roles.recv(r.channel)
         if msgs is None:
             try:
@@ -230,9 +263,16 @@ class Supervisor:
         for msg in msgs:
             if msg.get("t") == "hb":
                 r.last_hb, r.last_hb_wall = now, time.time()
-                if msg.get("ready", True) and not r.ready:
-                    r.ready = True
+                ready = bool(msg.get("ready", True))
+                if ready != r.ready:
+                    r.ready = ready
+                    if not ready:
+                        r.unready_since = now
                     self.next_snapshot = 0.0
+                if ready and not r.checked_in:
+                    r.checked_in = True
+                    log.info("role.checked_in", name=r.name, child_pid=r.pid,
+                             after=round(now - r.started, 3))
                 r.info = {k: v for k, v in msg.items() if k not in ("t", "summary")}
                 if "summary" in msg:
                     self.summary = msg["summary"]
@@ -252,7 +292,13 @@ class Supervisor:
                 log.info("orphan.reaped", child_pid=pid, exit=os.waitstatus_to_exitcode(status))
 
     def check_health(self, now: float) -> bool:
+        """Start roles whose backoff has elapsed, kill hung ones; True if every role is healthy.
+
+        Healthy means: alive, a heartbeat fresher than ``heartbeat_stale``, not
+        stuck un-ready for longer than that, and no role flapping.
+        """
         sup = self.cfg["supervisor"]
+        stale = sup["heartbeat_stale"]
         healthy = True
         for r in self.roles.values():
             if r.pid is None:
@@ -260,36 +306,58 @@ class Supervisor:
                 if not self.stopping and now >= r.next_start:
                     self.fork_role(r)
                 continue
+            if now - r.last_hb > stale and r.channel is not None:
+                self.on_role_message(r)  # we may be the slow one: read what is queued before judging
             silent = now - r.last_hb
-            if silent > sup["heartbeat_stale"]:
+            if silent > stale or (not r.ready and now - r.unready_since > stale):
                 healthy = False
-            if silent > sup["role_timeout"] and not r.killed_hung:
-                log.error("role.hung", name=r.name, child_pid=r.pid, silent=round(silent, 1))
+            timeout = r.spec.hang_timeout if r.spec.hang_timeout is not None else sup["role_timeout"]
+            if silent > timeout and not r.killed_hung:
+                log.error("role.hung", name=r.name, child_pid=r.pid, silent=round(silent, 1), timeout=timeout)
                 r.killed_hung = True
-                os.kill(r.pid, signal.SIGKILL)
+                try:
+                    os.kill(r.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         for name in list(self.flapping):
             r = self.roles[name]
             if not is_flapping(r.history, now, sup["flap_window"], sup["flap_restarts"]):
                 self.flapping.discard(name)
+                self.next_snapshot = 0.0
                 log.info("role.flapping_ended", name=name)
         return healthy and not self.flapping
 
-    def role_snapshot(self) -> dict[str, Any]:
-        now = time.monotonic()
+    def role_snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """Per-role state for ``daemon.status`` and the STATUS= line.
+
+        Judged by the same rules as :meth:`check_health` at the same instant,
+        so a STATUS= line naming a role ``unresponsive``, ``restarting`` or
+        ``flapping`` is never followed by ``WATCHDOG=1`` until a newer STATUS=.
+        """
+        now = time.monotonic() if now is None else now
         stale = self.cfg["supervisor"]["heartbeat_stale"]
         out = {}
         for r in self.roles.values():
             if r.pid is None:
                 state = "flapping" if r.name in self.flapping else "restarting"
-            elif not r.ready:
-                state = "starting"
             elif now - r.last_hb > stale:
                 state = "unresponsive"
+            elif not r.ready:
+                state = "starting" if not r.checked_in else "not-ready"
             else:
                 state = "flapping" if r.name in self.flapping else "ok"
-            out[r.name] = {"pid": r.pid, "state": state, "restarts": r.restarts, "last_heartbeat": r.last_hb_wall,
-                           "started_at": r.started_wall, **r.info}
+            out[r.name] = {**r.info, "pid": r.pid, "state": state, "restarts": r.restarts,
+                           "last_heartbeat": r.last_hb_wall, "started_at": r.started_wall}
         return out
+
+    def send_snapshot(self, now: float) -> dict[str, Any]:
+        snap = self.role_snapshot(now)
+        disp = self.roles["dispatcher"]
+        if disp.channel is not None:
+            roles.send(disp.channel, {"t": "roles", "roles": snap, "flapping": sorted(self.flapping)})
+        self.update_status(snap)
+        self.next_snapshot = now + min(1.0, self.cfg["supervisor"]["heartbeat_interval"])
+        return snap
 
     # ---- systemd --------------------------------------------------------------
 
@@ -307,22 +375,38 @@ class Supervisor:
     # ---- signals --------------------------------------------------------------
 
     def reload(self) -> None:
-        self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        """SIGHUP: load the config again; a bad one is refused and the old one kept.
+
+        ``RELOADING=1`` (with ``MONOTONIC_USEC``) and ``READY=1`` bracket the
+        reload once we are up; before the first ``READY=1`` a reload is silent,
+        so READY still means "every role checked in".
+        """
+        if self.sent_ready:
+            self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        path = self.config_path
         try:
-            new = config_mod.load(self.config_path)
+            if self.cfg.get("_file") and not os.path.exists(self.cfg["_file"]):
+                raise config_mod.ConfigError(f"{self.cfg['_file']}: file does not exist any more")
+            new = config_mod.load(path)
         except config_mod.ConfigError as exc:
-            log.error("config.reload_refused", error=str(exc), kept=self.cfg.get("_file"))
-            self.notify("READY=1")
+            log.error("config.reload_refused", file=self.cfg.get("_file") or path, error=str(exc),
+                      kept=self.cfg.get("_file"))
+            if self.sent_ready:
+                self.notify("READY=1")
             return
         self.cfg = new
+        daemon_log.configure(new, role="supervisor")
         wire = {**new, "_set": sorted(new["_set"])}
         for r in self.roles.values():
             if r.channel is not None:
                 roles.send(r.channel, {"t": "config", "cfg": wire})
         log.info("config.reloaded", file=new.get("_file"), profiles=sorted(new["profiles"]))
-        self.notify("READY=1")
+        self.next_snapshot = 0.0
+        if self.sent_ready:
+            self.notify("READY=1")
 
     def stop(self) -> None:
+        """SIGTERM/SIGINT: stop the roles in ``stop_order``; workers follow ``on_shutdown`` (the reaper's job)."""
         self.stopping = True
         self.notify("STOPPING=1")
         log.info("supervisor.stopping", on_shutdown=self.cfg["dispatch"]["on_shutdown"])
@@ -333,18 +417,27 @@ class Supervisor:
             if r.pid is None:
                 continue
             timeout = r.spec.stop_timeout
-            if r.name == "reaper" and self.cfg["dispatch"]["on_shutdown"] == "drain":
+            draining = r.name == "reaper" and self.cfg["dispatch"]["on_shutdown"] == "drain"
+            if draining:
                 timeout += self.cfg["dispatch"]["drain_timeout"] + self.cfg["dispatch"]["kill_grace"]
             try:
                 os.kill(r.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             deadline = time.monotonic() + timeout
+            next_extend = 0.0
             while r.pid is not None:
-                if time.monotonic() > deadline:
-                    log.error("role.stop_timeout", name=r.name, child_pid=r.pid)
-                    os.kill(r.pid, signal.SIGKILL)
-                    deadline = time.monotonic() + 5
+                now = time.monotonic()
+                if now > deadline:
+                    log.error("role.stop_timeout", name=r.name, child_pid=r.pid, timeout=timeout)
+                    try:
+                        os.kill(r.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    deadline = now + 5
+                if draining and now >= next_extend:  # a long drain: ask systemd for more stop time
+                    self.notify(f"EXTEND_TIMEOUT_USEC={int((deadline - now + 10) * 1e6)}")
+                    next_extend = now + 5
                 self.reap()
                 if r.pid is not None:
                     time.sleep(0.02)
@@ -367,28 +460,27 @@ class Supervisor:
             while True:
                 now = time.monotonic()
                 healthy = self.check_health(now)
-                if not self.sent_ready and all(r.ready and r.pid for r in self.roles.values()):
+                if healthy != self.healthy:  # STATUS= follows at once, computed from the same instant
+                    self.healthy = healthy
+                    self.next_snapshot = 0.0
+                if not self.sent_ready and all(r.pid and r.ready for r in self.roles.values()):
                     self.sent_ready = True
+                    self.send_snapshot(now)  # daemon.status already shows every role ok when READY lands
                     self.notify("READY=1")
                     log.info("supervisor.ready", roles={n: r.pid for n, r in self.roles.items()})
+                if now >= self.next_snapshot:
+                    self.send_snapshot(now)
                 if self.watchdog and now >= self.next_wd:
                     if healthy and self.sent_ready:
                         self.notify("WATCHDOG=1")
                     self.next_wd = now + self.watchdog / 2
-                if now >= self.next_snapshot:
-                    snap = self.role_snapshot()
-                    disp = self.roles["dispatcher"]
-                    if disp.channel is not None:
-                        roles.send(disp.channel, {"t": "roles", "roles": snap, "flapping": sorted(self.flapping)})
-                    self.update_status(snap)
-                    self.next_snapshot = now + min(1.0, self.cfg["supervisor"]["heartbeat_interval"])
                 timeout = min(self.next_snapshot, self.next_wd if self.watchdog else now + 1.0) - now
                 pending = [r.next_start for r in self.roles.values() if r.pid is None]
                 if pending:
                     timeout = min(timeout, min(pending) - now)
                 for key, _ in self.sel.select(max(0.0, min(timeout, 1.0))):
                     kind, r = key.data
-                    if kind == "role":
+                    if kind == "role" and key.fileobj is r.channel:  # not a channel reaped earlier in this batch
                         self.on_role_message(r)
                     elif kind == "sig":
                         sigs = roles.read_signals(rsock)
@@ -416,4 +508,4 @@ def read_pidfile(path: str) -> int | None:
         return None
 
 
-__all__ = ["Supervisor", "AlreadyRunning", "backoff_delay", "is_flapping", "json", "daemon_log"]
+__all__ = ["Supervisor", "AlreadyRunning", "backoff_delay", "is_flapping", "read_pidfile"]
