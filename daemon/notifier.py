@@ -48,7 +48,7 @@ from typing import Any
 import structlog
 
 from daemon import roles, sinks
-from daemon.rpcpeer import Peer
+from daemon.rpcpeer import Link, Peer
 
 log = structlog.get_logger()
 
@@ -56,7 +56,6 @@ POLL_LIMIT = 100          # events scanned per notifier.pending call
 CURSOR_FLUSH = 0.5        # seconds: a caught-up sink's cursor-only ack waits this long
 RETRY_AFTER_ERROR = 1.0   # seconds: after a refused notifier.pending
 REATTACH_AFTER = 0.5      # seconds: the dispatcher did not know a sink yet (config reload race)
-CONNECT_BACKOFF = (0.05, 2.0)
 
 
 def retry_delay(failures: int, initial: float, cap: float, rand: Callable[[], float] = random.random) -> float:
@@ -107,11 +106,9 @@ class Notifier:
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         self.sinks: dict[str, SinkState] = {}
-        self.peer: Peer | None = None
+        self.link = Link(self.paths["socket"], self.sel, "peer", self.on_notify, self.on_connect, self.on_lost)
         self.attached = False
         self.following = False
-        self.next_connect = 0.0
-        self.connect_backoff = CONNECT_BACKOFF[0]
         self.reattach_at = 0.0
         self.last_id = 0
         self.backlog: list[dict[str, Any]] = []  # acks made while disconnected
@@ -145,42 +142,23 @@ class Notifier:
 
     # ---- dispatcher connection ---------------------------------------------------
 
-    def connect(self) -> None:
-        try:
-            self.peer = Peer(self.paths["socket"], self.on_notify)
-        except OSError as exc:
-            self.peer = None
-            self.next_connect = time.monotonic() + self.connect_backoff
-            self.connect_backoff = min(CONNECT_BACKOFF[1], self.connect_backoff * 2)
-            log.debug("notifier.connect_failed", error=str(exc))
-            return
-        self.sel.register(self.peer.sock, selectors.EVENT_READ, "peer")
+    @property
+    def peer(self) -> Peer | None:
+        return self.link.peer
+
+    def on_connect(self, peer: Peer) -> None:
         self.attach()
-        self.sync_peer()
 
     def attach(self) -> None:
         self.reattach_at = 0.0
         self.peer.call("notifier.attach", {"pid": os.getpid()}, self.on_attached)
 
-    def sync_peer(self) -> None:
-        if self.peer is None:
-            return
-        if self.peer.closed:
-            try:
-                self.sel.unregister(self.peer.sock)
-            except (KeyError, ValueError):
-                pass
-            log.warning("notifier.dispatcher_lost")
-            self.peer = None
-            self.attached = self.following = False
-            for s in self.sinks.values():
-                s.polling = False  # its answer is lost; ask again after re-attaching
-                s.dirty = True
-            self.next_connect = time.monotonic() + self.connect_backoff
-            self.connect_backoff = min(CONNECT_BACKOFF[1], self.connect_backoff * 2)
-            return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.peer.want_write() else 0)
-        self.sel.modify(self.peer.sock, events, "peer")
+    def on_lost(self) -> None:
+        log.warning("notifier.dispatcher_lost")
+        self.attached = self.following = False
+        for s in self.sinks.values():
+            s.polling = False  # its answer is lost; ask again after re-attaching
+            s.dirty = True
 
     def on_attached(self, msg: dict[str, Any]) -> None:
         if "error" in msg:
@@ -188,7 +166,7 @@ class Notifier:
             self.peer.close()
             return
         res = msg["result"]
-        self.connect_backoff = CONNECT_BACKOFF[0]
+        self.link.attached()
         self.attached = True
         self.last_id = max(self.last_id, res["last_id"])
         for name, st in res["sinks"].items():
@@ -413,25 +391,20 @@ class Notifier:
         self.sel.register(wake, selectors.EVENT_READ, "sig")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "results")
         next_hb = 0.0
-        self.connect()
         while True:
             now = time.monotonic()
-            if self.peer is None and now >= self.next_connect:
-                self.connect()
+            reconnect_at = self.link.poll(now)
             if now >= next_hb:
                 roles.send(self.ctx.channel, self.hb())
                 next_hb = now + self.cfg["supervisor"]["heartbeat_interval"]
             due = self.schedule(now)
-            self.sync_peer()
+            self.link.poll(time.monotonic())
             due = min(due, next_hb)
-            if self.peer is None:
-                due = min(due, self.next_connect)
+            if reconnect_at is not None:
+                due = min(due, reconnect_at)
             for key, mask in self.sel.select(max(0.0, due - time.monotonic())):
-                if key.data == "peer" and self.peer is not None:
-                    if mask & selectors.EVENT_READ:
-                        self.peer.on_readable()
-                    if mask & selectors.EVENT_WRITE and self.peer is not None:
-                        self.peer.on_writable()
+                if key.data == "peer":
+                    self.link.on_event(mask)
                 elif key.data == "results":
                     self.on_results()
                 elif key.data == "chan":
@@ -447,7 +420,7 @@ class Notifier:
                     if any(s in (signal.SIGTERM, signal.SIGINT) for s in roles.read_signals(wake)):
                         self.stop(flush=True)
                         return 0
-            self.sync_peer()
+            self.link.poll(time.monotonic())
 
     def stop(self, flush: bool) -> None:
         """Kill running hooks and hand deferred cursors to the dispatcher before exiting.

@@ -28,7 +28,7 @@ import psutil
 import structlog
 
 from daemon import roles, spawner
-from daemon.rpcpeer import Peer
+from daemon.rpcpeer import Link, Peer
 
 log = structlog.get_logger()
 
@@ -51,6 +51,7 @@ class Tracked:
     kill_at: float | None = None        # monotonic; escalate TERM -> KILL
     sent_kill: bool = False
     kill_grace: float = 10.0
+    worker_pid: int | None = None
 
 
 class Reaper:
@@ -63,44 +64,24 @@ class Reaper:
         self.unacked: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, dict[str, Any]] = {}   # runs to re-check for adoption
         self.cleanups: dict[str, list[dict[str, Any]]] = {}  # task -> cleanups waiting for its worker
-        self.peer: Peer | None = None
+        self.link = Link(self.paths["socket"], self.sel, ("peer", None), self.on_notify, self.on_connect,
+                         self.on_lost)
         self.attached = False
-        self.next_connect = 0.0
-        self.connect_backoff = 0.05
         self.stopping: str | None = None
         self.stop_deadline = 0.0
 
     # ---- dispatcher connection -------------------------------------------
 
-    def connect(self) -> None:
-        try:
-            self.peer = Peer(self.paths["socket"], self.on_notify)
-        except OSError as exc:
-            self.peer = None
-            self.next_connect = time.monotonic() + self.connect_backoff
-            self.connect_backoff = min(2.0, self.connect_backoff * 2)
-            log.debug("reaper.connect_failed", error=str(exc))
-            return
-        self.connect_backoff = 0.05
-        self.sel.register(self.peer.sock, selectors.EVENT_READ, ("peer", None))
-        self.peer.call("reaper.attach", {"pid": os.getpid(), "tracked": sorted(self.tracked)}, self.on_attached)
-        self.sync_peer()
+    @property
+    def peer(self) -> Peer | None:
+        return self.link.peer
 
-    def sync_peer(self) -> None:
-        if self.peer is None:
-            return
-        if self.peer.closed:
-            try:
-                self.sel.unregister(self.peer.sock)
-            except (KeyError, ValueError):
-                pass
-            log.warning("reaper.dispatcher_lost")
-            self.peer = None
-            self.attached = False
-            self.next_connect = time.monotonic() + self.connect_backoff
-            return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.peer.want_write() else 0)
-        self.sel.modify(self.peer.sock, events, ("peer", None))
+    def on_connect(self, peer: Peer) -> None:
+        peer.call("reaper.attach", {"pid": os.getpid(), "tracked": sorted(self.tracked)}, self.on_attached)
+
+    def on_lost(self) -> None:
+        log.warning("reaper.dispatcher_lost")
+        self.attached = False
 
     def on_attached(self, msg: dict[str, Any]) -> None:
         if "error" in msg:
@@ -108,8 +89,11 @@ class Reaper:
             self.peer.close()
             return
         self.attached = True
+        self.link.attached()
         for report in list(self.unacked.values()):
             self._send_exit(report)
+        for t in self.tracked.values():  # a run.started sent to a dispatcher that died may be lost
+            self._send_started(t)
         for run in msg["result"]["runs"]:
             if run["id"] not in self.tracked and run["id"] not in self.unacked:
                 self.pending[run["id"]] = run
@@ -183,13 +167,7 @@ class Reaper:
             self.kill(run_id, run["kill_reason"])
 
     def _watch(self, pidfd: int, run_id: str) -> None:
-        try:
-            self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
-        except KeyError:
-            # The fd number is reused: the dispatcher connection was closed (EOF or EPIPE) in
-            # this very batch and sync_peer() has not unregistered it yet. Evict the stale key.
-            self.sel.unregister(pidfd)
-            self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
+        self.sel.register(pidfd, selectors.EVENT_READ, ("pidfd", run_id))
 
     def _log_path(self, task_id: str) -> str:
         return os.path.join(self.paths["logs"], f"{task_id}.log")
@@ -215,9 +193,13 @@ class Reaper:
         self._watch(pidfd, run_id)
         log.info("worker.started", run=run_id, task=spec["task"], profile=spec["profile"], wrapper_pid=info["pid"],
                  worker_pid=info["worker_pid"])
+        t.worker_pid = info["worker_pid"]
+        self._send_started(t)
+
+    def _send_started(self, t: Tracked) -> None:
         if self.peer is not None:
-            self.peer.call("run.started", {"run": run_id, "pid": info["pid"], "start_time": info["start_time"],
-                                           "worker_pid": info["worker_pid"]})
+            self.peer.call("run.started", {"run": t.run, "pid": t.pid, "start_time": t.start_time,
+                                           "worker_pid": t.worker_pid})
 
     def kill(self, run_id: str, reason: str) -> None:
         t = self.tracked.get(run_id)
@@ -257,6 +239,14 @@ class Reaper:
             self.sel.unregister(t.pidfd)
         except (KeyError, ValueError):
             pass
+        _, exit_path = spawner.run_files(self.paths["runs"], run_id)
+        rec = spawner.read_json(exit_path)
+        if rec is None:
+            # The wrapper died without recording the worker's end (someone SIGKILLed it): the worker
+            # may still be running in its process group. Kill the group before the run is reported,
+            # or the task would be started again next to it. Our own child is still a zombie here,
+            # so its pid, and with it the group id, cannot have been reused.
+            self._kill_orphaned_group(t)
         os.close(t.pidfd)
         status = None
         if t.our_child:
@@ -264,8 +254,6 @@ class Reaper:
                 _, status = os.waitpid(t.pid, 0)
             except ChildProcessError:
                 status = None
-        _, exit_path = spawner.run_files(self.paths["runs"], run_id)
-        rec = spawner.read_json(exit_path)
         if rec is None:
             if status is not None and os.WIFSIGNALED(status):
                 rec = {"signal": os.WTERMSIG(status)}
@@ -276,6 +264,23 @@ class Reaper:
         self.report(run_id, t.task, rec, log_path=t.log, killed_for=t.kill_reason)
         for p in self.cleanups.pop(t.task, []):
             self.cleanup(p)
+
+    def _kill_orphaned_group(self, t: Tracked) -> None:
+        members = []
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if os.getpgid(p.pid) == t.pid and p.pid != t.pid and p.create_time() >= t.start_time - 0.05:
+                    members.append(p)
+            except (ProcessLookupError, psutil.Error):
+                continue
+        for p in members:
+            try:
+                p.kill()
+            except psutil.Error:
+                continue
+        if members:
+            psutil.wait_procs(members, timeout=2.0)
+            log.warning("worker.orphan_killed", run=t.run, task=t.task, pids=[p.pid for p in members])
 
     def report(self, run_id: str, task_id: str, rec: dict[str, Any], log_path: str | None = None,
                killed_for: str | None = None) -> None:
@@ -376,11 +381,9 @@ class Reaper:
         hb_every = self.cfg["supervisor"]["heartbeat_interval"]
         next_hb = 0.0
         next_rotate = time.monotonic() + 5.0
-        self.connect()
         while True:
             mono = time.monotonic()
-            if self.peer is None and mono >= self.next_connect:
-                self.connect()
+            reconnect_at = self.link.poll(mono)
             if mono >= next_hb:
                 roles.send(self.ctx.channel, {"t": "hb", "ready": self.attached, "workers": len(self.tracked)})
                 next_hb = mono + hb_every
@@ -392,8 +395,8 @@ class Reaper:
             if self.stopping and self.stop_done():
                 break
             timeout = min(self.timers(), max(0.0, next_hb - time.monotonic()))
-            if self.peer is None:
-                timeout = min(timeout, max(0.0, self.next_connect - time.monotonic()))
+            if reconnect_at is not None:
+                timeout = min(timeout, max(0.0, reconnect_at - time.monotonic()))
             if self.stopping:
                 timeout = min(timeout, 0.2)
             for key, mask in self.sel.select(timeout):
@@ -401,11 +404,8 @@ class Reaper:
                 if kind == "pidfd":
                     if arg in self.tracked:
                         self.on_exit(arg)
-                elif kind == "peer" and self.peer is not None:
-                    if mask & selectors.EVENT_READ:
-                        self.peer.on_readable()
-                    if mask & selectors.EVENT_WRITE and self.peer is not None:
-                        self.peer.on_writable()
+                elif kind == "peer":
+                    self.link.on_event(mask)
                 elif kind == "chan":
                     msgs = roles.recv(self.ctx.channel)
                     if msgs is None:
@@ -421,7 +421,7 @@ class Reaper:
                             return 0
                         if not self.stopping:
                             self.begin_stop()
-            self.sync_peer()
+            self.link.poll(time.monotonic())
         self.flush_before_exit()
         return 0
 

@@ -3,8 +3,7 @@
 Runs in: the reaper and the notifier. Each keeps one connection to the
 dispatcher's socket, sends requests (answered later, matched by id) and
 receives server-pushed notifications (``spawn``, ``kill``, ``cleanup``,
-``event``). The owner's selector loop calls :meth:`on_readable` and
-:meth:`on_writable`; :meth:`want_write` says whether to watch for writability.
+``event``). :class:`Link` adds reconnects and selector upkeep on top.
 """
 
 from __future__ import annotations
@@ -21,11 +20,17 @@ Callback = Callable[[dict[str, Any]], None]
 class Peer:
     """One connection to the dispatcher."""
 
-    def __init__(self, path: str, on_notify: Callback) -> None:
+    def __init__(self, path: str, on_notify: Callback, on_close: Callable[[Peer], None] | None = None) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
         self.sock.setblocking(False)
+        self.fd = self.sock.fileno()
         self.on_notify = on_notify
+        self.on_close = on_close
         self.rbuf = bytearray()
         self.wbuf = bytearray()
         self.ids = itertools.count(1)
@@ -87,6 +92,75 @@ class Peer:
                     cb(msg)
 
     def close(self) -> None:
+        """Close; ``on_close`` runs first, while the fd number still belongs to this socket."""
         if not self.closed:
             self.closed = True
+            if self.on_close is not None:
+                self.on_close(self)
             self.sock.close()
+
+
+class Link:
+    """A role's connection to the dispatcher: a :class:`Peer` plus reconnects and selector upkeep.
+
+    The owner's loop calls :meth:`poll` once per turn (connects when due, keeps the selector
+    registration in step, notices a lost connection), passes selector events for ``key`` to
+    :meth:`on_event`, and calls :meth:`attached` when its attach request succeeded, which
+    resets the reconnect backoff. A connection refused right after connecting (an attach error)
+    therefore backs off instead of spinning.
+    """
+
+    BACKOFF = (0.05, 2.0)
+
+    def __init__(self, path: str, sel: Any, key: Any, on_notify: Callback,
+                 on_connect: Callable[[Peer], None], on_lost: Callable[[], None]) -> None:
+        self.path = path
+        self.sel = sel
+        self.key = key
+        self.on_notify = on_notify
+        self.on_connect = on_connect
+        self.on_lost = on_lost
+        self.peer: Peer | None = None
+        self.next_connect = 0.0
+        self.backoff = self.BACKOFF[0]
+
+    def _unregister(self, peer: Peer) -> None:
+        try:
+            self.sel.unregister(peer.fd)
+        except (KeyError, ValueError):
+            pass
+
+    def poll(self, now: float) -> float | None:
+        """Connect if due; sync the registration. Returns when to call again if disconnected."""
+        if self.peer is not None and self.peer.closed:
+            self.peer = None
+            self._schedule(now)
+            self.on_lost()
+        if self.peer is None and now >= self.next_connect:
+            try:
+                self.peer = Peer(self.path, self.on_notify, on_close=self._unregister)
+            except OSError:
+                self._schedule(now)
+            else:
+                self.sel.register(self.peer.fd, 1, self.key)
+                self.on_connect(self.peer)
+        if self.peer is None:
+            return self.next_connect
+        if not self.peer.closed:
+            self.sel.modify(self.peer.fd, 1 | (2 if self.peer.want_write() else 0), self.key)
+        return None
+
+    def _schedule(self, now: float) -> None:
+        self.next_connect = now + self.backoff
+        self.backoff = min(self.BACKOFF[1], self.backoff * 2)
+
+    def attached(self) -> None:
+        self.backoff = self.BACKOFF[0]
+
+    def on_event(self, mask: int) -> None:
+        if self.peer is None:
+            return
+        if mask & 1:
+            self.peer.on_readable()
+        if mask & 2 and not self.peer.closed:
+            self.peer.on_writable()

@@ -197,17 +197,36 @@ class Daemon:
         self.proc.wait(5)
 
     def ours(self) -> list[psutil.Process]:
-        """Every live process started by this daemon (tagged with our KANBAN_TEST_ID)."""
-        found = []
+        """Every live process this daemon started.
+
+        Workers carry our ``KANBAN_TEST_ID`` in their environment. The supervisor's roles and the
+        worker wrappers are forks whose environ setproctitle has overwritten, so they are found by
+        session instead: a role shares the session of the kanband we started, a wrapper leads the
+        session of the worker it runs.
+        """
+        tagged, by_sid = [], {}
         for p in psutil.process_iter(["pid"]):
             if p.pid == os.getpid():
                 continue
             try:
-                if p.environ().get("KANBAN_TEST_ID") == self.tmp and p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                by_sid.setdefault(os.getsid(p.pid), []).append(p)
+                if p.environ().get("KANBAN_TEST_ID") == self.tmp:
+                    tagged.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ProcessLookupError):
                 continue
-        return found
+        sids = {proc.pid for proc in self.procs}
+        for p in tagged:
+            try:
+                sids.add(os.getsid(p.pid))
+            except ProcessLookupError:
+                continue
+        found = {p.pid: p for p in tagged}
+        for sid in sids:
+            for p in by_sid.get(sid, []):
+                found[p.pid] = p
+        return list(found.values())
 
     def cleanup(self) -> list[int]:
         """Stop the daemon, kill every process it left behind, reap; returns the pids that were left."""

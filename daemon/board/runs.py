@@ -151,6 +151,8 @@ def started(conn: sqlite3.Connection, now: float, run_id: str, pid: int, start_t
     run = get_run(conn, run_id)
     if run["state"] == "ended":
         return {"ok": False, "state": "ended"}
+    if run["state"] == "running" and run["pid"] == pid:
+        return {"ok": True, "state": "running"}  # a re-sent report (the reaper re-attached)
     # started_at is the wrapper's own start (process start time, wall clock), the same clock the
     # wrapper uses for ended_at, so durations are never negative.
     started_at = start_time if start_time and abs(start_time - now) < 3600 else now

@@ -461,3 +461,44 @@ def test_on_shutdown_drain_waits_for_workers(make_daemon):
     assert d.task(t["id"])["status"] == "done" and d.task(t["id"])["summary"] == "drained"
     assert len(runs(d, queued["id"])) <= 1
     assert runs(d, queued["id"]) == [] or runs(d, queued["id"])[0]["claimed_at"] > runs(d, t["id"])[0]["ended_at"]
+
+
+def test_killed_wrapper_takes_its_worker_down_no_double_run(make_daemon):
+    d = make_daemon({"dispatch": {"tick": "30s"}}, start=False)
+    rec, gate = f"{d.tmp}/rec", f"{d.tmp}/gate"
+    profiles(d, hold=f'echo "start $KANBAN_RUN $$" >> {rec}\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n'
+                     f'echo "end $KANBAN_RUN $$" >> {rec}\nkanban complete\n')
+    d.start()
+    t = d.cli_json("create", "victim", "-a", "hold")
+    first = wait_for(lambda: (r := runs(d, t["id"])) and r[0]["worker_pid"] and r[0], what="first run started")
+    os.kill(first["pid"], 9)  # the wrapper dies without recording the worker's end
+    wait_for(lambda: len(runs(d, t["id"])) == 2, what="a second run")
+    assert not psutil.pid_exists(first["worker_pid"]) or _reaped(first["worker_pid"]), \
+        "the first worker must be gone before the task runs again"
+    Path(gate).touch()
+    d.wait_status(t["id"], "done")
+    lines = Path(rec).read_text().split("\n")
+    assert not any(line.startswith(f"end {first['id']}") for line in lines), "the first worker kept running"
+    assert [r["outcome"] for r in runs(d, t["id"])] == ["crashed", "completed"]
+    assert runs(d, t["id"])[0]["signal"] == 9
+
+
+def test_reaper_restart_readopts_running_workers(make_daemon):
+    d = make_daemon({"dispatch": {"tick": "30s"}}, start=False)
+    gate = f"{d.tmp}/gate"
+    profiles(d, hold=f"while [ ! -e {gate} ]; do sleep 0.05; done\nkanban complete --summary adopted\n")
+    d.start()
+    ids = [d.cli_json("create", f"t{i}", "-a", "hold")["id"] for i in range(3)]
+    wait_for(lambda: all(runs(d, i) and runs(d, i)[0]["pid"] for i in ids), what="three workers")
+    old = d.role_pids()["reaper"]
+    os.kill(old, 9)
+    wait_for(lambda: (p := d.role_pids().get("reaper")) and p != old and
+             any(e.get("event") == "reaper.attached" and e.get("pid") == p for e in d.log_events()),
+             what="a new reaper attached")
+    Path(gate).touch()
+    for i in ids:
+        done = d.wait_status(i, "done")
+        assert done["summary"] == "adopted"
+        assert [r["outcome"] for r in runs(d, i)] == ["completed"]
+    adopted = [e for e in d.log_events() if e.get("event") == "worker.adopted"]
+    assert len(adopted) == 3

@@ -325,7 +325,10 @@ def test_notifier_reconnects_after_a_dispatcher_restart(make_daemon):
              what="a new dispatcher")
     second = done_task(d, "after")
     wait_for(lambda: len(lines(out)) >= 2, what="a delivery through the new dispatcher")
-    assert [x["doc"]["task_id"] for x in lines(out)] == [first, second]
+    got = [x["doc"]["task_id"] for x in lines(out)]
+    # at-least-once: the ack for `first` may have died with the dispatcher, so `first` may come twice,
+    # but nothing is skipped and the order holds
+    assert list(dict.fromkeys(got)) == [first, second] and got[-1] == second
     assert d.role_pids()["notifier"] == pids["notifier"]  # it reconnected; it did not die
     names = [e.get("event") for e in d.log_events() if e.get("role") == "notifier"]
     assert "notifier.dispatcher_lost" in names and names.count("notifier.attached") >= 2
