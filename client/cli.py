@@ -65,7 +65,7 @@ def verbs() -> dict[str, tuple[protocol.Method, str]]:
     return out
 
 
-def add_params(sp: argparse.ArgumentParser, method: protocol.Method, verb: str) -> None:
+def add_params(sp, method: protocol.Method, verb: str) -> None:
     for p in method.params:
         kw: dict = {"help": p.doc}
         if verb == "tail" and p.name == "task":
@@ -122,7 +122,7 @@ def build_parser(only: str | None = None):
     return parser
 
 
-def collect(ns: argparse.Namespace) -> dict:
+def collect(ns) -> dict:
     method = protocol.METHODS[ns._method]
     params: dict = {}
     for p in method.params:

@@ -113,7 +113,7 @@ class Client:
             if msg.get("id") is None and "error" in msg:
                 raise ServerError(msg["error"])
 
-    def follow(self, params: dict | None = None) -> Iterator[dict]:
+    def follow(self, params: dict | None = None):
         """``events.follow``: yields events as the daemon pushes them."""
         self.sock.settimeout(None)
         self.call("events.follow", params)

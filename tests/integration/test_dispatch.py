@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -103,7 +102,7 @@ def test_crash_retry_then_gave_up_with_limit_source(make_daemon):
     wait_for(lambda: len(runs(d, t["id"])) == 4 and d.task(t["id"])["status"] == "blocked", what="re-run")
 
 
-def test_default_limit_source(make_daemon):
+def test_default_limit_source_and_runs_cli(make_daemon):
     d = make_daemon(SLOW_TICK, start=False)
     profiles(d, crasher="exit 1\n")
     d.start()
@@ -111,6 +110,11 @@ def test_default_limit_source(make_daemon):
     d.wait_status(t["id"], "blocked")
     gave = events(d, t["id"], "gave_up")[0]["payload"]
     assert gave == {**gave, "limit": 2, "source": "default", "failures": 2}
+    # `kanban runs` lists both attempts
+    out = d.cli("runs", t["id"]).stdout
+    assert out.count("crashed") == 2 and "RUN" in out and "OUTCOME" in out
+    js = d.cli_json("runs", t["id"])["runs"]
+    assert [r["exit_code"] for r in js] == [1, 1] and all(r["duration"] is not None for r in js)
 
 
 def test_rate_limited_requeued_not_counted_cooldown_respected(make_daemon):
@@ -415,19 +419,6 @@ def test_worker_finished_while_down_exit_status_from_file(make_daemon):
     (r,) = runs(d, t["id"])
     assert r["outcome"] == "protocol_violation" and r["exit_code"] == 0
     wait_for(lambda: not list(exit_files.glob("*.exit")), what="exit file removed after ack")
-
-
-def test_runs_cli_lists_attempts(make_daemon):
-    d = make_daemon(SLOW_TICK, start=False)
-    profiles(d, c="exit 2\n")
-    d.start()
-    t = d.cli_json("create", "x", "-a", "c")
-    d.wait_status(t["id"], "blocked")
-    out = d.cli("runs", t["id"]).stdout
-    assert out.count("crashed") == 2 and "RUN" in out and "OUTCOME" in out
-    js = d.cli_json("runs", t["id"])["runs"]
-    assert [r["exit_code"] for r in js] == [2, 2] and all(r["duration"] is not None for r in js)
-    assert json.dumps(js)
 
 
 def test_on_shutdown_kill_interrupts_and_requeues(make_daemon):
