@@ -13,11 +13,13 @@ defence), so the lock and the socket are free for the next daemon.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import dataclasses
 import importlib
 import json
 import os
+import random
 import signal
 import socket
 from collections.abc import Callable
@@ -163,3 +165,18 @@ def recv(channel: socket.socket) -> list[dict[str, Any]] | None:
             out.append(json.loads(data))
         except ValueError:
             continue
+
+
+# ---- restart policy (pure; the supervisor applies it) --------------------------------------
+
+def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: ``initial * 2**(failures-1)`` capped, times 0.5-1.0."""
+    if failures <= 0:
+        return 0.0
+    base = min(cap, initial * (2 ** (failures - 1)))
+    return base * (0.5 + rng.random() / 2)
+
+
+def is_flapping(history: collections.deque, now: float, window: float, limit: int) -> bool:
+    """More than ``limit`` restarts within the last ``window`` seconds."""
+    return sum(1 for t in history if now - t <= window) > limit

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import fcntl
 import os
 import random
 import selectors
@@ -30,17 +29,15 @@ import setproctitle
 import structlog
 
 from daemon import config as config_mod
-from daemon import ipc, roles
+from daemon import ipc, pidlock, roles
 from daemon import log as daemon_log
+from daemon.pidlock import AlreadyRunning, read_pidfile
+from daemon.roles import backoff_delay, is_flapping
 from daemon.board import db as boarddb
 
 log = structlog.get_logger()
 
 BIND_WAIT = 5.0  # seconds to wait for a dying predecessor's dispatcher to release the socket
-
-
-class AlreadyRunning(Exception):
-    """Another kanband holds the board's lock."""
 
 
 @dataclasses.dataclass
@@ -62,19 +59,6 @@ class RoleState:
     history: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=64))
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     killed_hung: bool = False
-
-
-def backoff_delay(failures: int, initial: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: ``initial * 2**(failures-1)`` capped, times 0.5-1.0."""
-    if failures <= 0:
-        return 0.0
-    base = min(cap, initial * (2 ** (failures - 1)))
-    return base * (0.5 + rng.random() / 2)
-
-
-def is_flapping(history: collections.deque, now: float, window: float, limit: int) -> bool:
-    """More than ``limit`` restarts within the last ``window`` seconds."""
-    return sum(1 for t in history if now - t <= window) > limit
 
 
 class Supervisor:
@@ -107,30 +91,9 @@ class Supervisor:
 
     def acquire(self) -> None:
         """Take the board lock, then write the pidfile (atomically)."""
-        state = self.paths["state_dir"]
-        os.makedirs(state, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(state, "kanband.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            pid = read_pidfile(self.paths["pidfile"])
-            raise AlreadyRunning(f"kanband is already running on {state} (pid {pid if pid else 'unknown'})") \
-                from None
-        self.lock_fd = fd
-        old = read_pidfile(self.paths["pidfile"])
-        if old and old != os.getpid():
-            log.warning("pidfile.stale_replaced", path=self.paths["pidfile"], old_pid=old)
-        tmp = self.paths["pidfile"] + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.paths["pidfile"])
+        self.lock_fd = pidlock.acquire(self.paths["state_dir"], self.paths["pidfile"])
 
     def release(self) -> None:
-        if read_pidfile(self.paths["pidfile"]) == os.getpid():
-            os.unlink(self.paths["pidfile"])
         if self.listener is not None:
             try:
                 if os.stat(self.paths["socket"]).st_ino == self.socket_ino:
@@ -138,8 +101,7 @@ class Supervisor:
             except FileNotFoundError:
                 pass
             self.listener.close()
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
+        pidlock.release(self.paths["pidfile"], self.lock_fd)
 
     def bind(self) -> socket.socket:
         """Bind the socket, waiting briefly if a dying predecessor still listens on it.
@@ -498,14 +460,6 @@ class Supervisor:
 
 def _noop(signum: int, frame: Any) -> None:
     """Handlers only enqueue: the wakeup fd carries the signal number to the loop."""
-
-
-def read_pidfile(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or 0) or None
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 __all__ = ["Supervisor", "AlreadyRunning", "backoff_delay", "is_flapping", "read_pidfile"]
