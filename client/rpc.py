@@ -85,7 +85,7 @@ class Client:
     def read(self) -> dict:
         """The next frame from the daemon (a response or a pushed notification)."""
         while b"\n" not in self.buf:
-            chunk = self.sock.recv(262144)
+            chunk = self.sock.recv(65536)
             if not chunk:
                 raise NotRunning("kanband closed the connection")
             self.buf += chunk

@@ -94,8 +94,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_clients": Field("int", 256, "refuse connections beyond this many"),
     },
     "supervisor": {
-        "heartbeat_interval": Field("duration", 1.0, "roles heartbeat the supervisor this often"),
-        "heartbeat_stale": Field("duration", 5.0, "a role silent this long is unhealthy: no WATCHDOG=1"),
+        "heartbeat_interval": Field("duration", 5.0, "roles heartbeat the supervisor this often"),
+        "heartbeat_stale": Field("duration", 15.0, "a role silent this long is unhealthy: no WATCHDOG=1"),
         "role_timeout": Field("duration", 30.0, "a role silent this long is killed and restarted"),
         "backoff_initial": Field("duration", 0.1, "first restart delay"),
         "backoff_max": Field("duration", 30.0, "restart delay cap"),
@@ -275,6 +275,12 @@ def load(path: str | os.PathLike | None) -> dict[str, Any]:
                 raise ConfigError(f"{path}: {section}.{key}: unknown key (known: {', '.join(SCHEMA[section])})")
             cfg[section][key] = _convert(SCHEMA[section][key], v, f"{path}: {section}.{key}")
             cfg["_set"].add(f"{section}.{key}")
+    sup = cfg["supervisor"]
+    if sup["heartbeat_stale"] <= sup["heartbeat_interval"]:
+        raise ConfigError(f"{path}: supervisor.heartbeat_stale: must be longer than supervisor.heartbeat_interval "
+                          f"({sup['heartbeat_stale']:g}s <= {sup['heartbeat_interval']:g}s)")
+    if sup["role_timeout"] <= sup["heartbeat_interval"]:
+        raise ConfigError(f"{path}: supervisor.role_timeout: must be longer than supervisor.heartbeat_interval")
     da = cfg["dispatch"]["default_assignee"]
     if da is not None and da not in cfg["profiles"]:
         raise ConfigError(f"{path}: dispatch.default_assignee: no profile named {da!r}")

@@ -31,6 +31,9 @@ from daemon.handlers import HANDLERS, Ctx
 
 log = structlog.get_logger()
 
+#: How often idle and half-sent connections are looked for (their timeouts are 10 s and more).
+SWEEP_EVERY = 5.0
+
 #: Event kinds after which a dispatch pass may find something new to start.
 WAKE_KINDS = frozenset({"created", "completed", "unblocked", "promoted", "archived", "requeued", "exited",
                         "assigned", "unlinked", "edited", "blocked", "gave_up"})
@@ -94,15 +97,23 @@ class Dispatcher:
 
     # ---- serving ---------------------------------------------------------
 
-    def serve(self, reqs: list[ipc.Request]) -> None:
+    def serve(self, reqs: list[ipc.Request]) -> bool:
+        """Serve one batch; all its writes share one transaction. Returns whether it wrote."""
         now = time.time()
-        writes = any(METHODS[r.method].writes for r in reqs if r.method in METHODS)
+        n_writes = sum(1 for r in reqs if r.method in METHODS and METHODS[r.method].writes)
+        in_tx = n_writes > 0
         out: list[tuple[ipc.Request, dict[str, Any]]] = []
-        if writes:
+        if in_tx:
             self.db.execute("BEGIN IMMEDIATE")
         for r in reqs:
-            out.append((r, self._call(r, now, in_tx=writes)))
-        if writes:
+            # several writes: a savepoint each, so one failure leaves the others; a lone write
+            # needs none (its failure rolls back the whole transaction)
+            resp = self._call(r, now, savepoint=in_tx and n_writes > 1)
+            if in_tx and n_writes == 1 and "error" in resp and METHODS.get(r.method) and METHODS[r.method].writes:
+                self.db.execute("ROLLBACK")
+                in_tx = False
+            out.append((r, resp))
+        if in_tx:
             self._dispatch_in_tx(now)
             try:
                 self.db.execute("COMMIT")
@@ -116,6 +127,7 @@ class Dispatcher:
             if not r.notify:
                 self.server.send(r.conn, resp)
         self.flush_spawns()
+        return n_writes > 0
 
     def _dispatch_in_tx(self, now: float) -> None:
         """Claim what the batch made runnable inside the batch's own transaction: one fsync, not two."""
@@ -135,14 +147,14 @@ class Dispatcher:
             return
         self.dispatch_seen = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
-    def _call(self, r: ipc.Request, now: float, in_tx: bool) -> dict[str, Any]:
+    def _call(self, r: ipc.Request, now: float, savepoint: bool) -> dict[str, Any]:
         method = METHODS.get(r.method)
         try:
             if method is None:
                 raise RPCError("method_not_found", f"unknown method {r.method!r}", method=r.method)
             params = check_params(method, r.params)
             hctx = Ctx(self.db, now, self.cfg, r.conn, self)
-            if in_tx and method.writes:
+            if savepoint and method.writes:
                 with boarddb.savepoint(self.db):
                     result = HANDLERS[method.name](hctx, params)
             else:
@@ -359,7 +371,7 @@ class Dispatcher:
         self.sel.register(wake, selectors.EVENT_READ, ("sig", None))
         hb_every = self.cfg["supervisor"]["heartbeat_interval"]
         next_hb = 0.0
-        next_sweep = time.monotonic() + 1.0
+        next_sweep = time.monotonic() + SWEEP_EVERY
         self.next_tick = time.monotonic()
         log.info("dispatcher.started", board=self.paths["board"], events=self.published)
         while True:
@@ -371,7 +383,7 @@ class Dispatcher:
                 self.tick()
             if mono >= next_sweep:
                 self.server.sweep(time.time())
-                next_sweep = mono + 1.0
+                next_sweep = mono + SWEEP_EVERY
             if self.reaper is not None and self.reaper.closed:
                 log.warning("reaper.detached")
                 self.reaper = None
@@ -403,8 +415,7 @@ class Dispatcher:
                         log.info("dispatcher.stopping")
                         self.server.close_all()
                         return 0
-            if reqs:
-                self.serve(reqs)
+            if reqs and (self.serve(reqs) or self.replays):
                 self.publish()
 
 

@@ -190,7 +190,7 @@ class Server:
         out: list[Request] = []
         while True:
             try:
-                chunk = conn.sock.recv(262144)
+                chunk = conn.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -199,7 +199,7 @@ class Server:
                 self.close(conn)
                 return out
             conn.rbuf += chunk
-            if len(chunk) < 262144:
+            if len(chunk) < 65536:
                 break
         conn.last_active = now
         while True:

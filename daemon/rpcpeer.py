@@ -65,7 +65,7 @@ class Peer:
     def on_readable(self) -> None:
         while not self.closed:
             try:
-                chunk = self.sock.recv(262144)
+                chunk = self.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:

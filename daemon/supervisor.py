@@ -318,7 +318,7 @@ class Supervisor:
         if disp.channel is not None:
             roles.send(disp.channel, {"t": "roles", "roles": snap, "flapping": sorted(self.flapping)})
         self.update_status(snap)
-        self.next_snapshot = now + min(1.0, self.cfg["supervisor"]["heartbeat_interval"])
+        self.next_snapshot = now + self.cfg["supervisor"]["heartbeat_interval"]
         return snap
 
     # ---- systemd --------------------------------------------------------------

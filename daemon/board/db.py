@@ -127,6 +127,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE subscriptions ADD COLUMN until_id INTEGER;
     CREATE INDEX subscriptions_task ON subscriptions(sink, task_id);
     """,
+    # 2 -> 3: index-only answers for the oldest ready task (stats) and the next cooldown (tick).
+    """
+    CREATE INDEX tasks_ready_at ON tasks(status, ready_at);
+    CREATE INDEX tasks_cooldown ON tasks(status, cooldown_until);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

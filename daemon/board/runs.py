@@ -118,8 +118,9 @@ def run_dict(row: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
-def list_runs(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
-    tasks.get(conn, task_id)
+def list_runs(conn: sqlite3.Connection, task_id: str, checked: bool = False) -> dict[str, Any]:
+    if not checked:
+        tasks.get(conn, task_id)
     rows = conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE task_id=? ORDER BY claimed_at, rowid", (task_id,))
     return {"runs": [run_dict(r) for r in rows]}
 
