@@ -34,6 +34,8 @@ log = structlog.get_logger()
 #: How often idle and half-sent connections are looked for (their timeouts are 10 s and more).
 SWEEP_EVERY = 5.0
 
+SHOW_CACHE_MAX = 4096
+
 #: Event kinds after which a dispatch pass may find something new to start.
 WAKE_KINDS = frozenset({"created", "completed", "unblocked", "promoted", "archived", "requeued", "exited",
                         "assigned", "unlinked", "edited", "blocked", "gave_up"})
@@ -62,6 +64,7 @@ class Dispatcher:
         self.stopping = False
         self.summary: dict[str, int] | None = None
         self.next_tick = 0.0
+        self.show_cache: dict[str, bytes] = {}  # task id -> encoded task.show result
         self.dispatch_seen = 0  # events up to this id were already considered by an in-transaction pass
 
     # ---- role plumbing ---------------------------------------------------
@@ -106,6 +109,9 @@ class Dispatcher:
         if in_tx:
             self.db.execute("BEGIN IMMEDIATE")
         for r in reqs:
+            if not in_tx and r.method == "task.show":
+                out.append((r, self._show_frame(r, now)))
+                continue
             # several writes: a savepoint each, so one failure leaves the others; a lone write
             # needs none (its failure rolls back the whole transaction)
             resp = self._call(r, now, savepoint=in_tx and n_writes > 1)
@@ -128,6 +134,27 @@ class Dispatcher:
                 self.server.send(r.conn, resp)
         self.flush_spawns()
         return n_writes > 0
+
+    def _show_frame(self, r: ipc.Request, now: float) -> dict[str, Any] | bytes:
+        """``task.show`` from the response cache: the encoded result per task id.
+
+        The dispatcher is the board's only writer and every mutation writes an event, so the
+        cache is cleared in :meth:`publish` whenever anything was written; a batch with writes
+        never reads from it.
+        """
+        key = r.params.get("id") if isinstance(r.params, dict) and len(r.params) == 1 else None
+        body = self.show_cache.get(key) if isinstance(key, str) else None
+        if body is None:
+            resp = self._call(r, now, savepoint=False)
+            if "error" in resp or not isinstance(key, str):
+                return resp
+            body = json.dumps(resp["result"], separators=(",", ":"), default=str).encode()
+            if len(self.show_cache) >= SHOW_CACHE_MAX:
+                self.show_cache.clear()
+            self.show_cache[key] = body
+        if r.notify:
+            return {}
+        return b'{"jsonrpc":"2.0","id":' + json.dumps(r.id).encode() + b',"result":' + body + b"}\n"
 
     def _dispatch_in_tx(self, now: float) -> None:
         """Claim what the batch made runnable inside the batch's own transaction: one fsync, not two."""
@@ -222,6 +249,7 @@ class Dispatcher:
         evs = self._event_rows(self.published)
         if not evs:
             return
+        self.show_cache.clear()
         self.published = evs[-1]["id"]
         self.summary = None
         followers = [c for c in self.server.conns.values() if c.follow is not None]

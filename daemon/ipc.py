@@ -231,10 +231,11 @@ class Server:
                 out.append(parsed)
         return out
 
-    def send(self, conn: Connection, obj: dict[str, Any]) -> None:
+    def send(self, conn: Connection, obj: dict[str, Any] | bytes) -> None:
+        """Queue one frame (a message, or an already encoded line) and try to send it."""
         if conn.closed:
             return
-        conn.wbuf += encode(obj)
+        conn.wbuf += obj if isinstance(obj, bytes) else encode(obj)
         if len(conn.wbuf) > WBUF_LIMIT:
             log.warning("socket.slow_client_dropped", peer_pid=conn.peer_pid, buffered=len(conn.wbuf))
             self.close(conn)

@@ -317,3 +317,24 @@ def test_daemon_status(d):
     assert set(st["summary"]) >= {"ready", "running", "done"}
     later = wait_for(lambda: (s := d.rpc("daemon.status"))["uptime"] > st["uptime"] and s, what="uptime to grow")
     assert later["pid"] == st["pid"]
+
+
+def test_show_responses_stay_coherent_with_writes(d):
+    """task.show is served from a response cache; every write must be visible to the next show."""
+    parent = d.rpc("task.create", {"title": "cache parent"})
+    child = d.rpc("task.create", {"title": "cache child", "parents": [parent["id"]]})
+    first = d.rpc("task.show", {"id": child["id"]})
+    assert first == d.rpc("task.show", {"id": child["id"]})  # a repeated read is identical
+    d.rpc("task.comment", {"id": child["id"], "body": "fresh comment"})
+    after_comment = d.rpc("task.show", {"id": child["id"]})
+    assert [c["body"] for c in after_comment["comments"]] == ["fresh comment"]
+    # a change to a *neighbour* shows up too: the parent completes and the child is promoted
+    d.rpc("task.complete", {"ids": [parent["id"]]})
+    shown = d.rpc("task.show", {"id": child["id"]})
+    assert shown["task"]["status"] == "ready" and shown["parents"][0]["status"] == "done"
+    # pipelined in one batch: the write lands before the read in the same batch
+    lines = d.raw(frame("task.edit", {"id": child["id"], "title": "renamed"}, rid=1)
+                  + frame("task.show", {"id": child["id"]}, rid=2), expect_lines=2)
+    assert {m["id"]: m for m in lines}[2]["result"]["task"]["title"] == "renamed"
+    # an unknown id is still not_found, not a cached answer
+    assert d.rpc_error("task.show", {"id": "t_00000000"}).name == "not_found"
