@@ -446,13 +446,15 @@ class Supervisor:
                         self.on_role_message(r)
                     elif kind == "sig":
                         sigs = roles.read_signals(rsock)
+                        # a stop first: when the whole process group got SIGTERM, the roles' exits
+                        # are part of the stop, not deaths to restart
+                        if signal.SIGTERM in sigs or signal.SIGINT in sigs:
+                            self.stop()
+                            return 0
                         if signal.SIGCHLD in sigs:
                             self.reap()
                         if signal.SIGHUP in sigs:
                             self.reload()
-                        if signal.SIGTERM in sigs or signal.SIGINT in sigs:
-                            self.stop()
-                            return 0
                 self.reap()
         finally:
             signal.set_wakeup_fd(-1)
