@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(common.row("kanban create TITLE", "ms", subj, base, "bare socket+json script, same request",
                                common.Target("ratio_max", 1.25)))
     finally:
-        d.cleanup()
+        common.finish(d)
     common.report(args, "cli", {"reps": n, "tasks": ntasks}, rows)
     return 0
 

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         follower.close()
     finally:
         echo.close()
-        d.cleanup()
+        common.finish(d)
     label = "same worker script via subprocess.Popen from Python (exec floor)"
     rows.append(common.row("p50, t0 = before task.create", "ms", per_rep["p50"], per_rep["b50"], label,
                            common.Target("abs_max", 20, "p50 <= 20 ms"),

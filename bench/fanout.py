@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{cpu['0'][-1]:.3f} ms with 0")
         client.close()
     finally:
-        d.cleanup()
+        common.finish(d)
     added = [a - b for a, b in zip(cpu["n"], cpu["0"])]
     rows = [
         common.row(f"writer CPU per event, {nf} followers", "ms", cpu["n"], cpu["0"],

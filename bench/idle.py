@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             floor.append(pss(bare_ps))
             common.log(args, f"slice {i + 1}/{n}: cpu {cpu_pct[-1]:.4f}% of a core, pss {mem[-1]:.1f} MB "
                              f"(bare interpreters {floor[-1]:.1f} MB)")
-        per = {role_name(x): round(100.0 * (cpu([x]) - per0[role_name(x)]) / (time.monotonic() - w0), 4)
-               for x in procs}
+        window = time.monotonic() - w0
+        per = {role_name(x): round(100.0 * (cpu([x]) - per0[role_name(x)]) / window, 4) for x in procs}
+        cpu_seconds = sum(cpu([x]) - per0[role_name(x)] for x in procs)
         # voluntary context switches per second over the window: how often each process sleeps and wakes
         wakeups = {role_name(x): round((x.num_ctx_switches().voluntary - sw0[role_name(x)]) / secs, 2)
                    for x in procs}
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in bare:
             b.kill()
             b.wait()
-        d.cleanup()
+        common.finish(d)
     rows = [
         common.row("CPU, all daemon processes", "% of a core", cpu_pct, 0.1, "budget: 0.1% of one core",
                    common.Target("ratio_max", 1.0, "<= 0.1%")),
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     common.report(args, "idle", {"reps": n, "tasks": ntasks, "seconds": secs}, rows,
                   {"processes": names, "daemon_alive_throughout": alive,
+                   "cpu_seconds_total": round(cpu_seconds, 4), "window_seconds": round(window, 2),
                    "cpu_percent_by_process": per, "wakeups_per_s_by_process": wakeups})
     return 0
 

@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         ev = d.rpc("events.since", {"after": 0, "limit": 1})["last_id"]
         lost = [e for tid in ids for e in d.rpc("events.since", {"task": tid})["events"] if e["kind"] == "exited"]
     finally:
-        d.cleanup()
-        b.cleanup()
+        common.finish(d, b)
     label = "same restart, empty board, no workers"
     rows = [common.row(f"SIGTERM -> READY, {ntasks} tasks, {nworkers} workers", "s", subj, base, label,
                        common.Target("abs_max", 1.0, "<= 1 s")),

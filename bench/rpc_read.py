@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                                note="every request a different task: no response cache can serve it"))
     finally:
         echo.close()
-        d.cleanup()
+        common.finish(d)
     common.report(args, "rpc_read", {"reps": n, "tasks": ntasks, "hot": args.hot, "seconds": secs,
                                       "clients": clients}, rows)
     return 0

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                                    target, better="higher"))
         total = d.rpc("board.stats")["total"]
     finally:
-        d.cleanup()
+        common.finish(d)
     common.report(args, "rpc_write", {"reps": n, "seconds": secs, "clients": clients}, rows,
                   {"tasks_created": total})
     return 0

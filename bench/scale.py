@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                                    common.Target("delta_max", 30.0, "<= baseline + 30 ms")))
         stats = d.rpc("board.stats")
     finally:
-        d.cleanup()
+        common.finish(d)
     common.report(args, "scale", {"reps": n, "tasks": ntasks, "events": nevents}, rows,
                   {"board_build_seconds": built["seconds"], "board_bytes": built["bytes"],
                    "by_status": stats["by_status"]})

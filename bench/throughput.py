@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
     finally:
         echo.close()
-        d.cleanup()
+        common.finish(d)
     note = None if set(outcomes) == {"completed"} else f"run outcomes: {outcomes}"
     rows = [common.row(f"{ntasks} trivial tasks, {par} in progress", "s", subj, base,
                        f"same {ntasks} worker commands under xargs -P{par} against an echo endpoint",

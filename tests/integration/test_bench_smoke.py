@@ -30,13 +30,18 @@ from bench import common, run_all  # noqa: E402
 STAT_KEYS = {"median", "min", "max"}
 
 
-def leftovers(marker: str) -> list[psutil.Process]:
+def leftovers(marker: str, sids: set[int]) -> list[psutil.Process]:
+    """Live processes the benchmark started: workers, clients and servers carry ``marker`` in their
+    environment; the daemons' roles (whose environ setproctitle overwrote) share their supervisor's
+    session, and the benchmark recorded every supervisor pid (= session id) it started."""
     found = []
     for p in psutil.process_iter(["pid"]):
         try:
-            if p.environ().get("BENCH_SMOKE_ID") == marker and p.status() != psutil.STATUS_ZOMBIE:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getsid(p.pid) in sids or p.environ().get("BENCH_SMOKE_ID") == marker:
                 found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ProcessLookupError):
             continue
     return found
 
@@ -70,18 +75,29 @@ def check_report(doc: dict, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", run_all.BENCHES)
-def test_bench_script_runs(name: str) -> None:
+def test_bench_script_runs(name: str, tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
-    env = {**os.environ, "BENCH_SMOKE_ID": marker}
+    record = tmp_path / "sids"
+    env = {**os.environ, "BENCH_SMOKE_ID": marker, "BENCH_RECORD_SIDS": str(record)}
     for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "KANBAN_TASK", "KANBAN_RUN", "KANBAN_SOCKET"):
         env.pop(k, None)
     res = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), "--quick", "--json"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=110)
     reap_orphans()
+    sids = {int(x) for x in record.read_text().split()} if record.exists() else set()
+    left = leftovers(marker, sids)
+    for p in left:  # never leave them to the next test, even when failing
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=5)
+    reap_orphans()
     assert res.returncode == 0, f"bench/{name}.py exited {res.returncode}:\n{res.stderr[-3000:]}"
     doc = json.loads(res.stdout)  # --json: stdout is one JSON document and nothing else
     check_report(doc, name)
-    assert not leftovers(marker), f"bench/{name}.py left processes running: {leftovers(marker)}"
+    assert sids, f"bench/{name}.py recorded no daemon"
+    assert not left, f"bench/{name}.py left processes running: {left}"
 
 
 def test_tables_render_from_rows() -> None:
