@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,6 +106,7 @@ class Daemon:
 
     def __init__(self, config: dict[str, Any] | None = None, fast: bool = True, watchdog_usec: int | None = None,
                  tmp: str | None = None) -> None:
+        self.remove_tmp = tmp is None  # a dir we made is ours to delete in cleanup()
         self.tmp = tmp or tempfile.mkdtemp(prefix="kb", dir="/tmp")
         self.state = os.path.join(self.tmp, "state")
         self.socket = os.path.join(self.tmp, "s.sock")
@@ -255,6 +257,8 @@ class Daemon:
         reap_orphans()
         if self.notify is not None:
             self.notify.close()
+        if self.remove_tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         return [p.pid for p in left]
 
     # ---- talking to it ------------------------------------------------------------
