@@ -457,4 +457,4 @@ def run(ctx: roles.RoleContext) -> int:
         d.db.close()
 
 
-__all__ = ["Dispatcher", "run", "json"]
+__all__ = ["Dispatcher", "run"]

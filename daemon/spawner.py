@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -278,7 +277,3 @@ def start(spec: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
     except psutil.NoSuchProcess:
         start_time = 0.0
     return {"pid": pid, "start_time": start_time, "worker_pid": int(msg[3:]), "log": log_path}
-
-
-__all__ = ["Path", "SpawnError", "start", "cleanup_workspace", "rotate_if_needed", "log_tail", "read_json",
-           "run_files", "strictly_inside", "expand", "worker_env"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from daemon.board import runs, tasks
 
 _READY_COLS = "id, title, assignee, priority, created_at, cooldown_until, consecutive_failures, max_retries"
 
@@ -111,6 +110,3 @@ def explain(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], limit: in
             by[assignee] = by.get(assignee, 0) + 1
         out.append(item)
     return out
-
-
-__all__ = ["candidates", "explain", "next_wake", "running_counts", "unprofiled", "runs", "tasks"]
