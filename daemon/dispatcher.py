@@ -116,7 +116,8 @@ class Dispatcher:
             # needs none (its failure rolls back the whole transaction)
             resp = self._call(r, now, savepoint=in_tx and n_writes > 1)
             if in_tx and n_writes == 1 and "error" in resp and METHODS.get(r.method) and METHODS[r.method].writes:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 in_tx = False
             out.append((r, resp))
         if in_tx:
@@ -125,7 +126,8 @@ class Dispatcher:
                 self.db.execute("COMMIT")
             except sqlite3.Error as exc:
                 log.error("board.commit_failed", error=str(exc))
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 self.pending_spawns.clear()
                 err = RPCError("internal_error", f"commit failed: {exc}")
                 out = [(r, ipc.error_frame(r.id, err)) for r, _ in out]
@@ -397,7 +399,6 @@ class Dispatcher:
         self.sel.register(ctx.listener, selectors.EVENT_READ, ("listen", None))
         self.sel.register(ctx.channel, selectors.EVENT_READ, ("chan", None))
         self.sel.register(wake, selectors.EVENT_READ, ("sig", None))
-        hb_every = self.cfg["supervisor"]["heartbeat_interval"]
         next_hb = 0.0
         next_sweep = time.monotonic() + SWEEP_EVERY
         self.next_tick = time.monotonic()
@@ -406,7 +407,7 @@ class Dispatcher:
             mono = time.monotonic()
             if mono >= next_hb:
                 self.heartbeat()
-                next_hb = mono + hb_every
+                next_hb = mono + self.cfg["supervisor"]["heartbeat_interval"]
             if mono >= self.next_tick:
                 self.tick()
             if mono >= next_sweep:

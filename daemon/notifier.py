@@ -3,7 +3,7 @@
 Runs in: the ``kanband: notifier`` process, forked by the supervisor.
 
 The notifier never opens the board. It connects to the dispatcher like the
-reaper does (:class:`daemon.rpcpeer.Peer`), calls ``notifier.attach`` (which
+reaper does (:class:`daemon.rpcpeer.Link`), calls ``notifier.attach`` (which
 creates missing sink rows at the end of the log and returns each sink's
 cursor, failure count and paused flag), then ``events.follow`` with no filter.
 The follow stream is only a wake-up signal: every pushed event marks every
@@ -156,6 +156,7 @@ class Notifier:
     def on_lost(self) -> None:
         log.warning("notifier.dispatcher_lost")
         self.attached = self.following = False
+        self.reattach_at = 0.0  # re-attaching happens on reconnect; a stale time would spin the loop
         for s in self.sinks.values():
             s.polling = False  # its answer is lost; ask again after re-attaching
             s.dirty = True
@@ -277,7 +278,7 @@ class Notifier:
 
     def ack(self, s: SinkState, **params: Any) -> None:
         params = {"sink": s.name, **{k: v for k, v in params.items() if v is not None}}
-        if self.attached and self.peer is not None:
+        if self.attached and self.peer is not None and not self.peer.closed:
             self._send_ack(params)
         else:
             self.backlog.append(params)

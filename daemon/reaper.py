@@ -180,11 +180,17 @@ class Reaper:
             return
         try:
             info = spawner.start(spec, self.paths)
-        except spawner.SpawnError as exc:
+        except (spawner.SpawnError, OSError) as exc:
             log.warning("worker.spawn_failed", run=run_id, task=spec["task"], error=str(exc))
             self.report(run_id, spec["task"], {"spawn_error": str(exc)})
             return
-        pidfd = os.pidfd_open(info["pid"])
+        try:
+            pidfd = os.pidfd_open(info["pid"])
+        except OSError as exc:  # e.g. out of fds: a worker we cannot watch must not keep running
+            os.killpg(info["pid"], signal.SIGKILL)
+            os.waitpid(info["pid"], 0)
+            self.report(run_id, spec["task"], {"spawn_error": f"cannot watch the worker: {exc}"})
+            return
         t = Tracked(run_id, spec["task"], info["pid"], info["start_time"], pidfd, our_child=True,
                     log=info["log"], kill_grace=spec.get("kill_grace") or 10.0)
         if spec.get("max_runtime"):
@@ -204,7 +210,12 @@ class Reaper:
     def kill(self, run_id: str, reason: str) -> None:
         t = self.tracked.get(run_id)
         if t is None:
-            run = self.pending.pop(run_id, None)
+            if run_id in self.unacked:  # already ended; its real status is on its way
+                return
+            if run_id in self.pending:  # still being resolved: adopt() carries the kill out
+                self.pending[run_id]["kill_reason"] = reason
+                return
+            run = None
             _, exit_path = spawner.run_files(self.paths["runs"], run_id)
             rec = spawner.read_json(exit_path) or {"lost": "no worker is running for this run"}
             self.report(run_id, run["task_id"] if run else "", rec, killed_for=reason)
@@ -212,7 +223,8 @@ class Reaper:
         if t.kill_reason is None or reason == "timeout":
             t.kill_reason = reason
         self._signal(t, signal.SIGTERM)
-        t.kill_at = time.monotonic() + t.kill_grace
+        if t.kill_at is None:  # a repeated kill must not push the KILL escalation back
+            t.kill_at = time.monotonic() + t.kill_grace
         log.info("worker.terminating", run=run_id, task=t.task, reason=reason)
 
     def _signal(self, t: Tracked, sig: int) -> None:
@@ -266,6 +278,13 @@ class Reaper:
             self.cleanup(p)
 
     def _kill_orphaned_group(self, t: Tracked) -> None:
+        if t.our_child:  # still our zombie, so its pid (the group id) cannot have been reused
+            try:
+                os.killpg(t.pid, signal.SIGKILL)
+                log.warning("worker.orphan_killed", run=t.run, task=t.task, pgid=t.pid)
+            except ProcessLookupError:
+                pass
+            return
         members = []
         for p in psutil.process_iter(["pid"]):
             try:
@@ -279,7 +298,6 @@ class Reaper:
             except psutil.Error:
                 continue
         if members:
-            psutil.wait_procs(members, timeout=2.0)
             log.warning("worker.orphan_killed", run=t.run, task=t.task, pids=[p.pid for p in members])
 
     def report(self, run_id: str, task_id: str, rec: dict[str, Any], log_path: str | None = None,
@@ -378,7 +396,6 @@ class Reaper:
         wake = roles.wakeup_socket(self.ctx)
         self.sel.register(self.ctx.channel, selectors.EVENT_READ, ("chan", None))
         self.sel.register(wake, selectors.EVENT_READ, ("sig", None))
-        hb_every = self.cfg["supervisor"]["heartbeat_interval"]
         next_hb = 0.0
         next_rotate = time.monotonic() + 5.0
         while True:
@@ -386,7 +403,7 @@ class Reaper:
             reconnect_at = self.link.poll(mono)
             if mono >= next_hb:
                 roles.send(self.ctx.channel, {"t": "hb", "ready": self.attached, "workers": len(self.tracked)})
-                next_hb = mono + hb_every
+                next_hb = mono + self.cfg["supervisor"]["heartbeat_interval"]
             if mono >= next_rotate:
                 self.rotate_logs()
                 next_rotate = mono + 5.0
