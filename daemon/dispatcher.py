@@ -326,10 +326,14 @@ class Dispatcher:
             return path
         return os.path.join(self.paths["workspaces"], task_id)
 
-    def dispatch_pass(self, db: sqlite3.Connection, now: float, dry_run: bool = False) -> dict[str, Any]:
-        """Claim every task that may start now; the spawns go out after the commit."""
+    def dispatch_pass(self, db: sqlite3.Connection, now: float, dry_run: bool = False,
+                      unprofiled: list | None = None, candidates: list | None = None) -> dict[str, Any]:
+        """Claim every task that may start now; the spawns go out after the commit.
+
+        ``unprofiled`` and ``candidates`` may be passed in when the caller already read them.
+        """
         started, notes = [], []
-        for row in plan.unprofiled(db, self.cfg):
+        for row in plan.unprofiled(db, self.cfg) if unprofiled is None else unprofiled:
             if not dry_run:
                 tasks.emit(db, now, "skipped_no_profile", row["id"], assignee=row["assignee"])
                 db.execute("UPDATE tasks SET skip_noted=assignee WHERE id=?", (row["id"],))
@@ -337,7 +341,7 @@ class Dispatcher:
         if self.reaper is None or self.stopping:
             why = "daemon is stopping" if self.stopping else "reaper not attached"
             return {"started": [], "skipped": notes, "note": why, "dry_run": dry_run}
-        for c in plan.candidates(db, now, self.cfg):
+        for c in plan.candidates(db, now, self.cfg) if candidates is None else candidates:
             if dry_run:
                 started.append({"task": c["id"], "title": c["title"], "profile": c["profile"]})
                 continue
@@ -360,12 +364,16 @@ class Dispatcher:
     def run_pass(self) -> None:
         self.dispatch_needed = False
         now = time.time()
-        if not plan.unprofiled(self.db, self.cfg) and (
-                self.reaper is None or self.stopping or not plan.candidates(self.db, now, self.cfg)):
+        # read first: no write transaction (and no fsync) when there is nothing to do; the
+        # dispatcher is the only writer, so what it read still holds inside the transaction
+        unprofiled = plan.unprofiled(self.db, self.cfg)
+        attached = self.reaper is not None and not self.stopping
+        candidates = plan.candidates(self.db, now, self.cfg) if attached else []
+        if not unprofiled and not candidates:
             return
         try:
             with boarddb.write(self.db):
-                self.dispatch_pass(self.db, now)
+                self.dispatch_pass(self.db, now, unprofiled=unprofiled, candidates=candidates)
         except Exception:
             log.exception("dispatch.pass_failed")
             self.pending_spawns.clear()

@@ -146,8 +146,8 @@ def test_exit_zero_without_completing_is_protocol_violation(make_daemon):
 def test_overrun_ignoring_sigterm_is_killed_and_timed_out(make_daemon):
     d = make_daemon({"dispatch": {"kill_grace": "0.5s"}}, start=False)
     path = write_script(f"{d.tmp}/stubborn.py",
-                        "#!/usr/bin/env python3\nimport signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                        "print('ignoring TERM', flush=True)\nwhile True:\n    time.sleep(0.1)\n")
+                        "#!/usr/bin/env python3\nimport signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                        "print('ignoring TERM', flush=True)\nwhile True:\n    signal.pause()\n")
     d.cfg["profiles"] = {"stubborn": {"command": [path], "max_runtime": "1s"}}
     d.write_config(d.cfg)
     d.start()
