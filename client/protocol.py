@@ -53,7 +53,8 @@ ERROR_DOCS: dict[str, str] = {
     "stale_token": "the run id (fencing token) is not the task's current run",
     "frame_too_large": "the request line exceeds MAX_FRAME bytes",
     "unavailable": "the daemon cannot serve this right now (shutting down, reaper not attached)",
-    "permission_denied": "the peer's uid is not the socket owner's",
+    "permission_denied": "the caller may not do this: another uid, an internal method from outside the "
+                         "daemon's roles, or a worker acting outside its own run; data names the run and task",
 }
 
 
@@ -282,6 +283,18 @@ _METHOD_LIST: tuple[Method, ...] = (
         result="{tasks: [task]}", errors=("not_found", "illegal_transition"), writes=True, verb="unblock",
     ),
     Method(
+        "task.kill", "End tasks' current runs now (TERM, KILL after kill_grace); requeued, or blocked with --block",
+        params=(_p("ids", "list", "task ids", required=True, cli="pos+"),
+                _p("block", "str", "block the task with this reason instead of requeueing it")),
+        result="{tasks: [task]}", errors=("not_found", "illegal_transition"), writes=True, verb="kill",
+    ),
+    Method(
+        "task.retry", "Clear a task's retry backoff or rate-limit cooldown; requeue a blocked or gave-up task",
+        params=(_p("ids", "list", "task ids", required=True, cli="pos+"),
+                _p("reason", "str", "why (recorded in the event)", short="r")),
+        result="{tasks: [task]}", errors=("not_found", "illegal_transition"), writes=True, verb="retry",
+    ),
+    Method(
         "task.archive", "Archive tasks; they vanish from default lists",
         params=(_p("ids", "list", "task ids", required=True, cli="pos+"),),
         result="{tasks: [task], promoted: [id]}", errors=("not_found", "illegal_transition", "conflict"),
@@ -377,10 +390,21 @@ _METHOD_LIST: tuple[Method, ...] = (
         result="{runs: [run]}; then notifications spawn/kill", internal=True, stream=True, writes=True,
     ),
     Method(
-        "run.started", "The reaper reports that a worker is running",
+        "run.starting", "The reaper forked a run's wrapper (claimed -> starting)",
+        params=(_p("run", "str", "run id", required=True), _p("pid", "int", "wrapper pid", required=True)),
+        result="{ok, state}", internal=True, writes=True,
+    ),
+    Method(
+        "run.started", "The reaper reports that a worker exec'd (-> running)",
         params=(_p("run", "str", "run id", required=True), _p("pid", "int", "wrapper pid", required=True),
-                _p("start_time", "float", "process start time", required=True),
-                _p("worker_pid", "int", "worker pid")),
+                _p("start_time", "float", "wrapper process start time", required=True),
+                _p("worker_pid", "int", "worker pid", nullable=True),
+                _p("exec_at", "float", "wall-clock time of the worker's exec", nullable=True)),
+        result="{ok, state}", internal=True, writes=True,
+    ),
+    Method(
+        "run.exiting", "The reaper is ending a run on its own decision (max_runtime) (-> exiting)",
+        params=(_p("run", "str", "run id", required=True), _p("reason", "str", "why", required=True)),
         result="{ok}", internal=True, writes=True,
     ),
     Method(
@@ -393,7 +417,8 @@ _METHOD_LIST: tuple[Method, ...] = (
                 _p("spawn_error", "str", "why it could not start", nullable=True),
                 _p("lost", "str", "why the status is unknowable", nullable=True),
                 _p("log_tail", "str", "last bytes of the log"),
-                _p("ended_at", "float", "when it ended")),
+                _p("ended_at", "float", "when it ended"),
+                _p("retry_after", "float", "seconds the worker asked to wait after exit 75", nullable=True)),
         result="{outcome}", internal=True, writes=True,
     ),
     Method(

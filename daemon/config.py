@@ -44,6 +44,8 @@ PROFILE: dict[str, Field] = {
     "max_in_progress": Field("int", None, "cap on this profile's running tasks", nullable=True),
     "max_runtime": Field("duration", None, "kill a run after this long (TERM, then KILL)", nullable=True),
     "workspace": Field("str", None, "default workspace kind for this profile's tasks", nullable=True),
+    "role": Field("choice", "worker", "worker: a run acts only on its own task (and creates tasks and links "
+                  "under it); orchestrator: its runs may act on the whole board", choices=("worker", "orchestrator")),
 }
 
 SINK: dict[str, Field] = {
@@ -69,13 +71,27 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "claim_ttl": Field("duration", 900.0, "a claim lasts this long unless extended"),
         "heartbeat_max_stale": Field("duration", 3600.0, "a run silent for longer is reclaimed as stale"),
         "crash_grace": Field("duration", 30.0, "no crash or lost verdict on a run younger than this"),
-        "rate_limit_cooldown": Field("duration", 300.0, "after exit 75, wait this long before respawning"),
+        "rate_limit_cooldown": Field("duration", 300.0, "after exit 75, wait this long before respawning "
+                                     "(unless the worker said how long in $KANBAN_RETRY_AFTER_FILE)"),
+        "rate_limit_scope": Field("choice", "profile", "what exit 75 cools down: the whole profile (the quota "
+                                  "belongs to the account behind it) or only the task", choices=("profile", "task")),
+        "retry_backoff": Field("duration", 10.0, "after a counted failure, wait this long before the retry "
+                               "(doubled per consecutive failure, with jitter)"),
+        "retry_backoff_max": Field("duration", 600.0, "cap on the retry backoff"),
         "tick": Field("duration", 5.0, "backstop tick for time-based rules; dispatch is event-driven"),
         "default_assignee": Field("str", None, "assignee given to unassigned ready tasks", nullable=True),
         "on_shutdown": Field("choice", "leave", "what happens to running workers when the daemon stops",
                              choices=("leave", "drain", "kill")),
         "kill_grace": Field("duration", 10.0, "between TERM and KILL when stopping a worker"),
         "drain_timeout": Field("duration", 300.0, "on_shutdown: drain waits at most this long"),
+    },
+    "containment": {
+        "mode": Field("choice", "auto", "how a run's processes are kept findable: cgroup (one cgroup v2 per run, "
+                      "ended with cgroup.kill), subreaper (the run's wrapper is a child subreaper), or auto "
+                      "(cgroup where one was delegated to us, else subreaper)",
+                      choices=("auto", "cgroup", "subreaper")),
+        "cgroup_root": Field("str", None, "a writable cgroup v2 directory to create run cgroups in; default: "
+                             "kanband's own cgroup when systemd delegated it (Delegate=yes)", nullable=True),
     },
     "workspaces": {
         "root": Field("str", None, "managed scratch root; default <state_dir>/workspaces", nullable=True),

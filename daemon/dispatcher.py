@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from client.protocol import METHODS, RPCError, check_params
-from daemon import ipc, roles
+from daemon import containment, ipc, roles
 from daemon.board import db as boarddb
 from daemon.board import plan, runs, tasks
 from daemon.handlers import HANDLERS, Ctx
@@ -38,7 +38,7 @@ SHOW_CACHE_MAX = 4096
 
 #: Event kinds after which a dispatch pass may find something new to start.
 WAKE_KINDS = frozenset({"created", "completed", "unblocked", "promoted", "archived", "requeued", "exited",
-                        "assigned", "unlinked", "edited", "blocked", "gave_up"})
+                        "assigned", "unlinked", "edited", "blocked", "gave_up", "retried"})
 
 
 class Dispatcher:
@@ -66,6 +66,9 @@ class Dispatcher:
         self.next_tick = 0.0
         self.show_cache: dict[str, bytes] = {}  # task id -> encoded task.show result
         self.dispatch_seen = 0  # events up to this id were already considered by an in-transaction pass
+        self.contain = containment.from_paths(self.paths)
+        self.role_pids: set[int] = {self.supervisor_pid}
+        self.on_channel(roles.early_messages(ctx))
 
     # ---- role plumbing ---------------------------------------------------
 
@@ -89,6 +92,7 @@ class Dispatcher:
             elif msg["t"] == "roles":
                 self.roles_snapshot = msg["roles"]
                 self.flapping = msg.get("flapping", [])
+                self.role_pids = {self.supervisor_pid} | {r["pid"] for r in msg["roles"].values() if r.get("pid")}
             elif msg["t"] == "stopping":
                 self.stopping = True
 
@@ -135,6 +139,8 @@ class Dispatcher:
             if not r.notify:
                 self.server.send(r.conn, resp)
         self.flush_spawns()
+        if n_writes:
+            self.schedule_wake(now)
         return n_writes > 0
 
     def _show_frame(self, r: ipc.Request, now: float) -> dict[str, Any] | bytes:
@@ -182,6 +188,8 @@ class Dispatcher:
             if method is None:
                 raise RPCError("method_not_found", f"unknown method {r.method!r}", method=r.method)
             params = check_params(method, r.params)
+            if method.internal or method.writes:
+                self.authorize(r.conn, method, params)
             hctx = Ctx(self.db, now, self.cfg, r.conn, self)
             if savepoint and method.writes:
                 with boarddb.savepoint(self.db):
@@ -197,6 +205,89 @@ class Dispatcher:
         except Exception as exc:  # a bug: never let a client's request kill the daemon
             log.exception("rpc.handler_crashed", method=r.method)
             return ipc.error_frame(r.id, RPCError("internal_error", f"{r.method}: {type(exc).__name__}: {exc}"))
+
+    # ---- who may say what -------------------------------------------------
+
+    def scope(self, conn: ipc.Connection) -> tuple[str, str | None]:
+        """The caller's side (see :func:`daemon.containment.identify`), cached per connection."""
+        if conn.scope is None or conn.scope[0] == "gone":
+            conn.scope = containment.identify(conn.peer_pid, self.role_pids, self.contain, self._known_wrapper)
+        return conn.scope
+
+    def authorize(self, conn: ipc.Connection, method: Any, p: dict[str, Any]) -> None:
+        """Internal methods come only from the daemon's roles; a worker acts only on its own run.
+
+        Raises:
+            RPCError: ``permission_denied`` naming the method, and for a worker the run and task.
+        """
+        if method.internal:
+            if conn.peer_pid not in self.role_pids:  # a role forked a moment ago: read its announcement
+                self.on_channel(roles.recv(self.ctx.channel) or [])
+            if conn.peer_pid not in self.role_pids:
+                log.warning("rpc.internal_refused", method=method.name, peer_pid=conn.peer_pid)
+                raise RPCError("permission_denied", f"{method.name} is internal to kanband's roles; pid "
+                               f"{conn.peer_pid} is not one of them", method=method.name, pid=conn.peer_pid)
+            return
+        kind, run_id = self.scope(conn)
+        token = p.get("run")
+        if kind == "role":
+            return
+        if kind in ("gone", "orphan"):
+            raise RPCError("permission_denied", f"{method.name}: the caller (pid {conn.peer_pid}) is "
+                           f"{'gone' if kind == 'gone' else 'a leftover process of an ended run'}; refused",
+                           method=method.name, pid=conn.peer_pid)
+        if kind == "operator":
+            if token and self.db.execute("SELECT 1 FROM runs WHERE id=? AND state != 'ended'", (token,)).fetchone():
+                raise RPCError("permission_denied", f"{method.name}: run {token} belongs to its worker's "
+                               "processes; a token copied into another process is refused", method=method.name,
+                               run=token)
+            return
+        row = self.db.execute("SELECT task_id, profile FROM runs WHERE id=?", (run_id,)).fetchone()
+        task = row["task_id"] if row else None
+        prof = self.cfg["profiles"].get(row["profile"] if row else "", {})
+        if prof.get("role") == "orchestrator":
+            if token and token != run_id:
+                raise self._denied(method.name, run_id, task, f"run token {token} is not this process's run")
+            return
+        if token and token != run_id:
+            raise self._denied(method.name, run_id, task, f"run token {token} is not this process's run")
+        name = method.name
+        if name in ("task.complete", "task.block"):
+            targets = p.get("ids") or []
+        elif name in ("task.heartbeat", "task.comment"):
+            targets = [p.get("id")]
+        elif name == "task.create":
+            parents = p.get("parents") or []
+            if not parents or not all(self._in_subtree(task, x) for x in parents):
+                raise self._denied(name, run_id, task, f"a worker creates tasks only under its own task {task} "
+                                   "(pass --parent)")
+            return
+        elif name == "task.link":
+            if not (self._in_subtree(task, p["parent"]) and self._in_subtree(task, p["child"])
+                    and p["child"] != task):
+                raise self._denied(name, run_id, task, f"a worker links only tasks under its own task {task}")
+            return
+        else:
+            raise self._denied(name, run_id, task, "a worker may only act on its own task")
+        if any(t != task for t in targets):
+            other = next(t for t in targets if t != task)
+            raise self._denied(name, run_id, task, f"task {other} is not this worker's task")
+
+    def _known_wrapper(self, pid: int, run_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM runs WHERE id=? AND pid=? AND state != 'ended'",
+                               (run_id, pid)).fetchone() is not None
+
+    def _in_subtree(self, root: str | None, task_id: str) -> bool:
+        if root is None or not isinstance(task_id, str):
+            return False
+        return task_id == root or self.db.execute(
+            "WITH RECURSIVE d(id) AS (SELECT ? UNION SELECT l.child FROM links l JOIN d ON l.parent=d.id) "
+            "SELECT 1 FROM d WHERE id=? LIMIT 1", (root, task_id)).fetchone() is not None
+
+    @staticmethod
+    def _denied(method: str, run_id: str | None, task: str | None, why: str) -> RPCError:
+        return RPCError("permission_denied", f"{method}: {why} (caller is run {run_id} of task {task})",
+                        method=method, run=run_id, task=task)
 
     # ---- followers -------------------------------------------------------
 
@@ -284,8 +375,8 @@ class Dispatcher:
             self.dispatch_needed = True
         kill = payload.get("kill_run")
         if kill and self.reaper is not None:
-            reason = payload.get("reason") if kind == "killing" else "cancel"
-            self._push({"method": "kill", "params": {"run": kill, "reason": reason}})
+            reason = payload.get("reason") if kind in ("killing", "assigned") else "cancel"
+            self._push({"method": "kill", "params": {"run": kill, "reason": reason, "task": ev["task_id"]}})
         ws = payload.get("workspace")
         if kind in ("completed", "archived") and ws and ws.get("kind") in ("scratch", "worktree") and ws.get("path"):
             self._push({"method": "cleanup", "params": {"task": ev["task_id"], "kind": ws["kind"],
@@ -361,9 +452,16 @@ class Dispatcher:
             started.append({"task": c["id"], "run": run["id"], "profile": c["profile"]})
         return {"started": started, "skipped": notes, "dry_run": dry_run}
 
+    def schedule_wake(self, now: float) -> None:
+        """A backoff, cooldown or claim expiry written this turn: wake exactly when it is due."""
+        nxt = plan.next_wake(self.db, now)
+        if nxt is not None:
+            self.next_tick = min(self.next_tick, time.monotonic() + max(0.01, nxt - now))
+
     def run_pass(self) -> None:
         self.dispatch_needed = False
         now = time.time()
+        self.schedule_wake(now)
         # read first: no write transaction (and no fsync) when there is nothing to do; the
         # dispatcher is the only writer, so what it read still holds inside the transaction
         unprofiled = plan.unprofiled(self.db, self.cfg)

@@ -115,6 +115,18 @@ def task_archive(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return tasks.archive(ctx.db, ctx.now, p["ids"])
 
 
+@handler("task.kill")
+def task_kill(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    if p.get("block") is not None and not p["block"].strip():
+        raise RPCError("invalid_params", "--block needs a reason", field="block")
+    return tasks.kill(ctx.db, ctx.now, p["ids"], p.get("block"))
+
+
+@handler("task.retry")
+def task_retry(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return tasks.retry(ctx.db, ctx.now, p["ids"], p.get("reason"))
+
+
 @handler("task.promote")
 def task_promote(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return tasks.promote(ctx.db, ctx.now, p["id"])
@@ -225,9 +237,20 @@ def reaper_attach(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return ctx.disp.attach_reaper(ctx, p)
 
 
+@handler("run.starting")
+def run_starting(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return runs.starting(ctx.db, ctx.now, p["run"], p["pid"])
+
+
 @handler("run.started")
 def run_started(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
-    return runs.started(ctx.db, ctx.now, p["run"], p["pid"], p["start_time"], p.get("worker_pid"))
+    return runs.started(ctx.db, ctx.now, p["run"], p["pid"], p["start_time"], p.get("worker_pid"),
+                        p.get("exec_at"))
+
+
+@handler("run.exiting")
+def run_exiting(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": runs.mark_kill(ctx.db, ctx.now, p["run"], p["reason"], emit=False)}
 
 
 @handler("run.exited")

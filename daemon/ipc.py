@@ -85,6 +85,7 @@ class Connection:
         self.skipping = False  # discarding the rest of an oversize frame
         self.follow: dict[str, Any] | None = None  # events.follow filter
         self.role: str | None = None  # "reaper" / "notifier" for internal streams
+        self.scope: tuple[str, str | None] | None = None  # who the peer is (containment.identify)
         self.closed = False
         self.close_after_flush = False
 

@@ -181,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     paths = resolve_paths(cfg, args.state_dir, args.socket)
     if len(paths["socket"].encode()) > SUN_PATH_MAX:
         return fail(f"socket path {paths['socket']} is longer than {SUN_PATH_MAX} bytes; pass a shorter --socket", 2)
+    from daemon import containment
+    try:
+        contain = containment.choose(cfg)
+    except containment.ContainmentError as exc:
+        return fail(f"bad config: {cfg.get('_file') or 'defaults'}: {exc}", 2)
+    paths.update(containment=contain.mode, cgroup_root=contain.root or "", containment_why=contain.why)
     daemon_log.configure(cfg, role="supervisor")
     from daemon.ipc import SocketInUse
     from daemon.supervisor import AlreadyRunning, Supervisor

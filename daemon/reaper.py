@@ -27,40 +27,63 @@ from typing import Any
 import psutil
 import structlog
 
-from daemon import roles, spawner
+from daemon import containment, roles, spawner
 from daemon.rpcpeer import Link, Peer
 
 log = structlog.get_logger()
 
-NEVER_STARTED_GRACE = 2.0  # a wrapper writes its pid file within milliseconds of the fork
+#: A backstop after ``kill_grace``: if the wrapper has not ended its run by then, the reaper KILLs
+#: the run's processes itself (never the wrapper, which must reap them and record the status).
+BACKSTOP = 2.0
+SWEEP_EVERY = 0.1  # seconds between re-scans of a run whose wrapper died, until nothing is left
 
 
 @dataclasses.dataclass
 class Tracked:
-    """A worker the reaper watches."""
+    """A run whose wrapper the reaper watches (through a pidfd)."""
 
     run: str
     task: str
-    pid: int
+    pid: int                            # the wrapper: session leader, child subreaper
     start_time: float
     pidfd: int
     our_child: bool
     log: str
     deadline: float | None = None       # monotonic; max_runtime
     kill_reason: str | None = None
-    kill_at: float | None = None        # monotonic; escalate TERM -> KILL
+    kill_at: float | None = None        # monotonic; the backstop KILL
     sent_kill: bool = False
     kill_grace: float = 10.0
     worker_pid: int | None = None
+    exec_at: float | None = None
+    cgroup: str | None = None
+
+
+@dataclasses.dataclass
+class Sweep:
+    """A run whose wrapper died without proving its tree gone: killed until nothing is left."""
+
+    run: str
+    task: str
+    rec: dict[str, Any]
+    session: int | None
+    cgroup: str | None
+    log: str
+    killed_for: str | None
+    since: float                        # monotonic
+    next_scan: float = 0.0
+    killed: int = 0
 
 
 class Reaper:
     def __init__(self, ctx: roles.RoleContext) -> None:
         self.ctx = ctx
         self.cfg = ctx.cfg
-        self.paths = ctx.paths
+        self.paths = dict(ctx.paths)
+        self.contain = containment.from_paths(ctx.paths)
         self.sel = selectors.DefaultSelector()
         self.tracked: dict[str, Tracked] = {}
+        self.sweeps: dict[str, Sweep] = {}
         self.unacked: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, dict[str, Any]] = {}   # runs to re-check for adoption
         self.cleanups: dict[str, list[dict[str, Any]]] = {}  # task -> cleanups waiting for its worker
@@ -69,6 +92,10 @@ class Reaper:
         self.attached = False
         self.stopping: str | None = None
         self.stop_deadline = 0.0
+        try:
+            self.paths["client_bin"] = spawner.client_bin(self.paths["runs"])
+        except OSError as exc:
+            log.warning("reaper.client_bin_failed", error=str(exc))
 
     # ---- dispatcher connection -------------------------------------------
 
@@ -95,10 +122,11 @@ class Reaper:
         for t in self.tracked.values():  # a run.started sent to a dispatcher that died may be lost
             self._send_started(t)
         for run in msg["result"]["runs"]:
-            if run["id"] not in self.tracked and run["id"] not in self.unacked:
+            if run["id"] not in self.tracked and run["id"] not in self.unacked and run["id"] not in self.sweeps:
                 self.pending[run["id"]] = run
         self.resolve_pending()
-        log.info("reaper.attached", active=len(msg["result"]["runs"]), tracked=len(self.tracked))
+        log.info("reaper.attached", active=len(msg["result"]["runs"]), tracked=len(self.tracked),
+                 containment=self.contain.mode)
         roles.send(self.ctx.channel, {"t": "hb", "ready": True, "workers": len(self.tracked)})
 
     def on_notify(self, msg: dict[str, Any]) -> None:
@@ -108,7 +136,7 @@ class Reaper:
             if method == "spawn":
                 self.spawn(p)
             elif method == "kill":
-                self.kill(p["run"], p.get("reason") or "cancel")
+                self.kill(p["run"], p.get("reason") or "cancel", task=p.get("task"))
             elif method == "cleanup":
                 self.cleanup(p)
         except Exception:
@@ -117,28 +145,41 @@ class Reaper:
     # ---- adoption ------------------------------------------------------------
 
     def resolve_pending(self) -> None:
-        now = time.time()
+        """Decide, for each run the board thinks is active and we do not watch, what is true.
+
+        - an ``.exit`` file: the wrapper proved the tree gone; report it;
+        - a live wrapper (pid *and* start time match): adopt it;
+        - a dead wrapper, or a lock left by one: sweep what is left of the run, then report;
+        - the lock still held but no pid file: a spawn is in progress; look again shortly;
+        - no lock file at all: no wrapper was ever forked; report ``lost``.
+        """
         for run_id, run in list(self.pending.items()):
             pid_path, exit_path = spawner.run_files(self.paths["runs"], run_id)
+            lock_path = spawner.lock_file(self.paths["runs"], run_id)
+            cgroup = self.contain.run_cgroup(run_id)
             rec = spawner.read_json(exit_path)
+            killed_for = run.get("kill_reason")
             if rec is not None:
                 del self.pending[run_id]
-                self.report(run_id, run["task_id"], rec, log_path=self._log_path(run["task_id"]))
+                self._sweep_or_report(run_id, run["task_id"], rec, session=None, cgroup=cgroup,
+                                      killed_for=killed_for)
                 continue
-            info = spawner.read_json(pid_path) or (
-                {"pid": run["pid"], "start_time": run["start_time"]} if run.get("pid") else None)
-            if info is None:
-                if now - run["claimed_at"] < NEVER_STARTED_GRACE:
-                    continue
+            info = spawner.read_json(pid_path)
+            if info is not None:
                 del self.pending[run_id]
-                self.report(run_id, run["task_id"], {"lost": "the worker was never started"})
+                self.adopt(run, info)
                 continue
+            if spawner.lock_held(lock_path):
+                continue  # forked, not yet recorded: the wrapper writes its pid file in a moment
             del self.pending[run_id]
-            self.adopt(run, info)
+            if os.path.exists(lock_path) or run.get("pid"):
+                self.begin_sweep(run_id, run["task_id"], {"lost": "the run's wrapper died before recording it"},
+                                 session=run.get("pid"), cgroup=cgroup, killed_for=killed_for)
+            else:
+                self.report(run_id, run["task_id"], {"lost": "the worker was never started"}, killed_for=killed_for)
 
     def adopt(self, run: dict[str, Any], info: dict[str, Any]) -> None:
         run_id, pid = run["id"], info["pid"]
-        _, exit_path = spawner.run_files(self.paths["runs"], run_id)
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -152,17 +193,26 @@ class Reaper:
         if not alive:
             if pidfd >= 0:
                 os.close(pidfd)
-            rec = spawner.read_json(exit_path) or {
-                "lost": f"worker (pid {pid}) is gone and left no exit status"}
-            self.report(run_id, run["task_id"], rec, log_path=self._log_path(run["task_id"]))
+            _, exit_path = spawner.run_files(self.paths["runs"], run_id)
+            rec = spawner.read_json(exit_path)
+            if rec is None:
+                rec = {"lost": f"worker wrapper (pid {pid}) is gone and left no exit status"}
+                self.begin_sweep(run_id, run["task_id"], rec, session=pid, cgroup=info.get("cgroup"),
+                                 killed_for=run.get("kill_reason"))
+            else:
+                self._sweep_or_report(run_id, run["task_id"], rec, session=None, cgroup=info.get("cgroup"),
+                                      killed_for=run.get("kill_reason"))
             return
         t = Tracked(run_id, run["task_id"], pid, info["start_time"], pidfd, our_child=False,
-                    log=self._log_path(run["task_id"]), kill_grace=run.get("kill_grace") or 10.0)
-        if run.get("max_runtime") and run.get("started_at"):
-            t.deadline = time.monotonic() + max(0.0, run["started_at"] + run["max_runtime"] - time.time())
+                    log=self._log_path(run["task_id"]), kill_grace=run.get("kill_grace") or 10.0,
+                    worker_pid=info.get("worker_pid"), exec_at=info.get("exec_at"), cgroup=info.get("cgroup"))
+        started = info.get("exec_at") or run.get("started_at")
+        if run.get("max_runtime") and started:
+            t.deadline = time.monotonic() + max(0.0, started + run["max_runtime"] - time.time())
         self.tracked[run_id] = t
         self._watch(pidfd, run_id)
         log.info("worker.adopted", run=run_id, task=run["task_id"], wrapper_pid=pid)
+        self._send_started(t)
         if run.get("kill_reason"):  # the dispatcher decided to stop it while no reaper was attached
             self.kill(run_id, run["kill_reason"])
 
@@ -176,66 +226,83 @@ class Reaper:
 
     def spawn(self, spec: dict[str, Any]) -> None:
         run_id = spec["run"]
-        if run_id in self.tracked or self.stopping:
+        if run_id in self.tracked or run_id in self.sweeps or self.stopping:
             return
+
+        def forked(pid: int) -> None:
+            if self.peer is not None:
+                self.peer.call("run.starting", {"run": run_id, "pid": pid})
+
         try:
-            info = spawner.start(spec, self.paths)
+            info = spawner.start(spec, self.paths, self.contain, on_fork=forked)
         except (spawner.SpawnError, OSError) as exc:
             log.warning("worker.spawn_failed", run=run_id, task=spec["task"], error=str(exc))
             self.report(run_id, spec["task"], {"spawn_error": str(exc)})
             return
+        t = Tracked(run_id, spec["task"], info["pid"], info["start_time"], -1, our_child=True,
+                    log=info["log"], kill_grace=spec.get("kill_grace") or 10.0, worker_pid=info["worker_pid"],
+                    exec_at=info["exec_at"], cgroup=info["cgroup"])
         try:
-            pidfd = os.pidfd_open(info["pid"])
-        except OSError as exc:  # e.g. out of fds: a worker we cannot watch must not keep running
-            os.killpg(info["pid"], signal.SIGKILL)
+            t.pidfd = os.pidfd_open(info["pid"])
+        except OSError as exc:  # e.g. out of fds: a run we cannot watch must not keep running
+            log.error("worker.unwatchable", run=run_id, error=str(exc))
+            containment.signal_all(containment.descendants(info["pid"]), signal.SIGKILL)
+            os.kill(info["pid"], signal.SIGKILL)
             os.waitpid(info["pid"], 0)
-            self.report(run_id, spec["task"], {"spawn_error": f"cannot watch the worker: {exc}"})
+            self.begin_sweep(run_id, spec["task"], {"spawn_error": f"cannot watch the worker: {exc}"},
+                             session=info["pid"], cgroup=info["cgroup"], killed_for=None)
             return
-        t = Tracked(run_id, spec["task"], info["pid"], info["start_time"], pidfd, our_child=True,
-                    log=info["log"], kill_grace=spec.get("kill_grace") or 10.0)
         if spec.get("max_runtime"):
             t.deadline = time.monotonic() + spec["max_runtime"]
         self.tracked[run_id] = t
-        self._watch(pidfd, run_id)
+        self._watch(t.pidfd, run_id)
         log.info("worker.started", run=run_id, task=spec["task"], profile=spec["profile"], wrapper_pid=info["pid"],
-                 worker_pid=info["worker_pid"])
-        t.worker_pid = info["worker_pid"]
+                 worker_pid=info["worker_pid"], cgroup=info["cgroup"])
         self._send_started(t)
 
     def _send_started(self, t: Tracked) -> None:
         if self.peer is not None:
             self.peer.call("run.started", {"run": t.run, "pid": t.pid, "start_time": t.start_time,
-                                           "worker_pid": t.worker_pid})
+                                           "worker_pid": t.worker_pid, "exec_at": t.exec_at})
 
-    def kill(self, run_id: str, reason: str) -> None:
+    def kill(self, run_id: str, reason: str, task: str | None = None) -> None:
+        """End a run: SIGTERM to its wrapper, which TERMs the run's tree and KILLs it after
+        ``kill_grace``; the reaper KILLs the tree itself ``BACKSTOP`` seconds after that."""
         t = self.tracked.get(run_id)
         if t is None:
-            if run_id in self.unacked:  # already ended; its real status is on its way
+            if run_id in self.unacked or run_id in self.sweeps:  # already ending; its report is on its way
                 return
             if run_id in self.pending:  # still being resolved: adopt() carries the kill out
                 self.pending[run_id]["kill_reason"] = reason
                 return
-            run = None
-            _, exit_path = spawner.run_files(self.paths["runs"], run_id)
-            rec = spawner.read_json(exit_path) or {"lost": "no worker is running for this run"}
-            self.report(run_id, run["task_id"] if run else "", rec, killed_for=reason)
+            # not ours to watch: find out what is there (a wrapper forked by a dead reaper, or nothing)
+            self.pending[run_id] = {"id": run_id, "task_id": task or "", "kill_reason": reason,
+                                    "claimed_at": time.time()}
+            self.resolve_pending()
             return
         if t.kill_reason is None or reason == "timeout":
             t.kill_reason = reason
-        self._signal(t, signal.SIGTERM)
+        try:
+            signal.pidfd_send_signal(t.pidfd, signal.SIGTERM)
+        except (ProcessLookupError, OSError):
+            pass
         if t.kill_at is None:  # a repeated kill must not push the KILL escalation back
-            t.kill_at = time.monotonic() + t.kill_grace
+            t.kill_at = time.monotonic() + t.kill_grace + BACKSTOP
         log.info("worker.terminating", run=run_id, task=t.task, reason=reason)
 
-    def _signal(self, t: Tracked, sig: int) -> None:
+    def _backstop(self, t: Tracked) -> None:
+        """The wrapper did not end its run in time: KILL the run's processes (not the wrapper)."""
+        if t.cgroup:
+            containment.cgroup_kill(t.cgroup)
         try:
-            signal.pidfd_send_signal(t.pidfd, 0)  # still the same process?
-            os.killpg(t.pid, sig)
+            signal.pidfd_send_signal(t.pidfd, 0)  # still the same process? then its descendants are the run's
+            containment.signal_all(containment.descendants(t.pid), signal.SIGKILL)
         except (ProcessLookupError, OSError):
             pass
 
     def cleanup(self, p: dict[str, Any]) -> None:
-        if any(t.task == p["task"] for t in self.tracked.values()):
+        if any(t.task == p["task"] for t in self.tracked.values()) or \
+                any(sw.task == p["task"] for sw in self.sweeps.values()):
             self.cleanups.setdefault(p["task"], []).append(p)
             return
         result = spawner.cleanup_workspace(p["kind"], p["path"], self.paths["workspaces"],
@@ -246,6 +313,8 @@ class Reaper:
     # ---- exits ---------------------------------------------------------------
 
     def on_exit(self, run_id: str) -> None:
+        """The wrapper exited. With an ``.exit`` file it proved its tree gone; without one
+        (someone SIGKILLed it), what is left of the run is swept before the run may end."""
         t = self.tracked.pop(run_id)
         try:
             self.sel.unregister(t.pidfd)
@@ -253,52 +322,88 @@ class Reaper:
             pass
         _, exit_path = spawner.run_files(self.paths["runs"], run_id)
         rec = spawner.read_json(exit_path)
-        if rec is None:
-            # The wrapper died without recording the worker's end (someone SIGKILLed it): the worker
-            # may still be running in its process group. Kill the group before the run is reported,
-            # or the task would be started again next to it. Our own child is still a zombie here,
-            # so its pid, and with it the group id, cannot have been reused.
-            self._kill_orphaned_group(t)
         os.close(t.pidfd)
         status = None
+        if rec is None:
+            # Scan while our child is still a zombie: its pid (the run's session id) cannot be reused yet.
+            self.begin_sweep(run_id, t.task, {}, session=t.pid, cgroup=t.cgroup, killed_for=t.kill_reason,
+                             log_path=t.log)
         if t.our_child:
             try:
                 _, status = os.waitpid(t.pid, 0)
             except ChildProcessError:
                 status = None
         if rec is None:
+            sw = self.sweeps[run_id]
             if status is not None and os.WIFSIGNALED(status):
-                rec = {"signal": os.WTERMSIG(status)}
+                sw.rec = {"signal": os.WTERMSIG(status)}
             elif t.sent_kill:
-                rec = {"signal": signal.SIGKILL}
+                sw.rec = {"signal": signal.SIGKILL}
             else:
-                rec = {"lost": f"worker wrapper (pid {t.pid}) ended without recording an exit status"}
-        self.report(run_id, t.task, rec, log_path=t.log, killed_for=t.kill_reason)
-        for p in self.cleanups.pop(t.task, []):
-            self.cleanup(p)
-
-    def _kill_orphaned_group(self, t: Tracked) -> None:
-        if t.our_child:  # still our zombie, so its pid (the group id) cannot have been reused
-            try:
-                os.killpg(t.pid, signal.SIGKILL)
-                log.warning("worker.orphan_killed", run=t.run, task=t.task, pgid=t.pid)
-            except ProcessLookupError:
-                pass
+                sw.rec = {"lost": f"worker wrapper (pid {t.pid}) ended without recording an exit status"}
+            self.check_sweep(sw)
             return
-        members = []
-        for p in psutil.process_iter(["pid"]):
-            try:
-                if os.getpgid(p.pid) == t.pid and p.pid != t.pid and p.create_time() >= t.start_time - 0.05:
-                    members.append(p)
-            except (ProcessLookupError, psutil.Error):
-                continue
-        for p in members:
-            try:
-                p.kill()
-            except psutil.Error:
-                continue
-        if members:
-            log.warning("worker.orphan_killed", run=t.run, task=t.task, pids=[p.pid for p in members])
+        self._sweep_or_report(run_id, t.task, rec, session=None, cgroup=t.cgroup, killed_for=t.kill_reason,
+                              log_path=t.log)
+
+    def _sweep_or_report(self, run_id: str, task_id: str, rec: dict[str, Any], session: int | None,
+                         cgroup: str | None, killed_for: str | None, log_path: str | None = None) -> None:
+        """An ``.exit`` file exists; in cgroup mode the cgroup must be empty too."""
+        if cgroup and containment.cgroup_procs(cgroup):
+            self.begin_sweep(run_id, task_id, rec, session=session, cgroup=cgroup, killed_for=killed_for,
+                             log_path=log_path)
+            return
+        if cgroup:
+            containment.remove_cgroup(cgroup)
+        self.report(run_id, task_id, rec, log_path=log_path or self._log_path(task_id), killed_for=killed_for)
+        self._after_run(task_id)
+
+    def begin_sweep(self, run_id: str, task_id: str, rec: dict[str, Any], session: int | None, cgroup: str | None,
+                    killed_for: str | None, log_path: str | None = None) -> None:
+        sw = Sweep(run_id, task_id, rec, session, cgroup, log_path or self._log_path(task_id), killed_for,
+                   since=time.monotonic())
+        self.sweeps[run_id] = sw
+        self._sweep_scan(sw)
+
+    def _sweep_scan(self, sw: Sweep) -> list[int]:
+        if sw.cgroup:
+            containment.cgroup_kill(sw.cgroup)
+            left = containment.cgroup_procs(sw.cgroup)
+        else:
+            left = []
+        if self.contain.mode == "subreaper" or not sw.cgroup:
+            left = sorted(set(left) | set(containment.run_stragglers(sw.run, sw.session)))
+        if left:
+            containment.signal_all(left, signal.SIGKILL)
+            sw.killed += len(left)
+            if sw.killed == len(left):
+                log.warning("worker.orphans_killed", run=sw.run, task=sw.task, pids=left)
+        sw.next_scan = time.monotonic() + SWEEP_EVERY
+        return left
+
+    def check_sweep(self, sw: Sweep) -> None:
+        """Re-scan; once nothing of the run is alive, report it."""
+        if not sw.rec:  # on_exit fills it in right after the first scan
+            return
+        left = self._sweep_scan(sw)
+        if left:
+            if time.monotonic() - sw.since > 10 and not sw.rec.get("_warned"):
+                sw.rec["_warned"] = True
+                log.error("worker.unkillable", run=sw.run, task=sw.task, pids=left)
+            return
+        del self.sweeps[sw.run]
+        sw.rec.pop("_warned", None)
+        if sw.cgroup:
+            containment.remove_cgroup(sw.cgroup)
+        self.report(sw.run, sw.task, sw.rec, log_path=sw.log, killed_for=sw.killed_for)
+        self._after_run(sw.task)
+
+    def _after_run(self, task_id: str) -> None:
+        if any(t.task == task_id for t in self.tracked.values()) or \
+                any(sw.task == task_id for sw in self.sweeps.values()):
+            return
+        for p in self.cleanups.pop(task_id, []):
+            self.cleanup(p)
 
     def report(self, run_id: str, task_id: str, rec: dict[str, Any], log_path: str | None = None,
                killed_for: str | None = None) -> None:
@@ -308,6 +413,8 @@ class Reaper:
                   "ended_at": rec.get("ended_at") or time.time()}
         if log_path and not rec.get("spawn_error"):
             report["log_tail"] = spawner.log_tail(log_path)
+        if rec.get("exit_code") == 75:
+            report["retry_after"] = spawner.read_retry_after(spawner.retry_after_file(self.paths["runs"], run_id))
         log.info("worker.exited", run=run_id, task=task_id, exit_code=report["exit_code"], signal=report["signal"],
                  killed_for=killed_for, spawn_error=report["spawn_error"], lost=report["lost"])
         self.unacked[run_id] = report
@@ -323,7 +430,9 @@ class Reaper:
                 log.error("reaper.exit_report_refused", run=run_id, error=err)
                 return
             self.unacked.pop(run_id, None)
-            for path in spawner.run_files(self.paths["runs"], run_id):
+            for path in (*spawner.run_files(self.paths["runs"], run_id),
+                         spawner.lock_file(self.paths["runs"], run_id),
+                         spawner.retry_after_file(self.paths["runs"], run_id)):
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
@@ -342,15 +451,22 @@ class Reaper:
             if t.deadline is not None and now >= t.deadline and t.kill_reason is None:
                 log.warning("worker.timed_out", run=t.run, task=t.task)
                 self.kill(t.run, "timeout")
+                if self.peer is not None:  # the board shows the run exiting while the tree ends
+                    self.peer.call("run.exiting", {"run": t.run, "reason": "timeout"})
             if t.kill_at is not None and now >= t.kill_at and not t.sent_kill:
                 log.warning("worker.killing", run=t.run, task=t.task, reason=t.kill_reason)
-                self._signal(t, signal.SIGKILL)
+                self._backstop(t)
                 t.sent_kill = True
             for when in (t.deadline if t.kill_reason is None else None, None if t.sent_kill else t.kill_at):
                 if when is not None:
                     nxt = min(nxt, when)
+        for sw in list(self.sweeps.values()):
+            if now >= sw.next_scan:
+                self.check_sweep(sw)
+            if sw.run in self.sweeps:
+                nxt = min(nxt, sw.next_scan)
         if self.pending:
-            nxt = min(nxt, now + 0.25)
+            nxt = min(nxt, now + 0.05)
         return max(0.0, nxt - now)
 
     def rotate_logs(self) -> None:
@@ -386,7 +502,8 @@ class Reaper:
             return False
         if self.stopping == "leave":
             return True
-        if not self.tracked and not (self.unacked and self.peer is not None and now < self.stop_deadline + 2):
+        if not self.tracked and not self.sweeps and \
+                not (self.unacked and self.peer is not None and now < self.stop_deadline + 2):
             return True
         return now >= self.stop_deadline + 2
 

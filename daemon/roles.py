@@ -98,6 +98,7 @@ def enter(ctx: RoleContext) -> int:
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != ctx.supervisor_pid:  # the supervisor died before prctl took effect
         os._exit(0)
+    ctx.__dict__["early"] = wait_go(ctx.channel)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, _noop)
     # Ctrl-C on a terminal reaches the whole process group: only the supervisor
@@ -110,6 +111,36 @@ def enter(ctx: RoleContext) -> int:
     signal.set_wakeup_fd(wfd.fileno(), warn_on_full_buffer=False)
     ctx.__dict__["_wakeup"] = (rfd, wfd)
     return rfd.fileno()
+
+
+def wait_go(channel: socket.socket, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Block until the supervisor's ``go``; returns the messages that came before it.
+
+    The supervisor sends ``go`` only after it told the dispatcher this role's
+    pid, so the dispatcher knows every role before the role can connect: the
+    internal methods are served by pid, and never to a pid it does not know.
+    """
+    early: list[dict[str, Any]] = []
+    channel.settimeout(timeout)
+    try:
+        while True:
+            try:
+                data = channel.recv(1 << 22)
+            except (socket.timeout, ConnectionResetError):
+                os._exit(0)
+            if not data:
+                os._exit(0)  # the supervisor died
+            msg = json.loads(data)
+            if msg.get("t") == "go":
+                return early
+            early.append(msg)
+    finally:
+        channel.setblocking(False)
+
+
+def early_messages(ctx: RoleContext) -> list[dict[str, Any]]:
+    """Channel messages that arrived before ``go`` (the dispatcher's first role snapshot)."""
+    return ctx.__dict__.get("early", [])
 
 
 def orphaned(ctx: RoleContext) -> bool:

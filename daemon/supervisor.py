@@ -180,8 +180,12 @@ class Supervisor:
         r.unready_since, r.info = now, {}
         self.sel.register(parent_end, selectors.EVENT_READ, ("role", r))
         log.info("role.started", name=r.name, child_pid=pid, restarts=r.restarts)
-        if r.name == "dispatcher":  # queued before it serves anyone: daemon.status is never role-less
-            roles.send(parent_end, {"t": "roles", "roles": self.role_snapshot(), "flapping": sorted(self.flapping)})
+        # The dispatcher learns every role's pid before that role may connect (it answers the internal
+        # methods by pid); queued before it serves anyone, so daemon.status is never role-less either.
+        disp = self.roles["dispatcher"]
+        if disp.channel is not None:
+            roles.send(disp.channel, {"t": "roles", "roles": self.role_snapshot(), "flapping": sorted(self.flapping)})
+        roles.send(parent_end, {"t": "go"})
 
     def on_role_exit(self, r: RoleState, status: int) -> None:
         now = time.monotonic()

@@ -40,7 +40,8 @@ from client.rpc import Client, ServerError  # noqa: E402
 FAST = {
     "supervisor": {"heartbeat_interval": "0.2s", "heartbeat_stale": "2s", "role_timeout": "20s",
                    "backoff_initial": "0.05s", "backoff_max": "1s"},
-    "dispatch": {"tick": "0.5s", "kill_grace": "1s", "crash_grace": "1s"},
+    "dispatch": {"tick": "0.5s", "kill_grace": "1s", "crash_grace": "1s", "retry_backoff": "0.05s",
+                 "retry_backoff_max": "0.2s"},
 }
 
 

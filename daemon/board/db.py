@@ -132,6 +132,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_ready_at ON tasks(status, ready_at);
     CREATE INDEX tasks_cooldown ON tasks(status, cooldown_until);
     """,
+    # 3 -> 4: why a task waits (rate_limit cooldown or retry backoff), per-profile state (a rate
+    # limit belongs to the account behind a profile), and live runs by task and by profile.
+    """
+    ALTER TABLE tasks ADD COLUMN cooldown_kind TEXT;
+    CREATE TABLE profile_state (
+        profile TEXT PRIMARY KEY,
+        cooldown_until REAL,
+        cooldown_reason TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX runs_live_task ON runs(task_id) WHERE state != 'ended';
+    CREATE INDEX runs_live_profile ON runs(profile) WHERE state != 'ended';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

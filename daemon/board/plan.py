@@ -14,14 +14,35 @@ import sqlite3
 from typing import Any
 
 
-_READY_COLS = "id, title, assignee, priority, created_at, cooldown_until, consecutive_failures, max_retries"
+_READY_COLS = ("id, title, assignee, priority, created_at, cooldown_until, cooldown_kind, consecutive_failures, "
+               "max_retries")
+#: A task is never claimed again while it has a run that has not ended (its processes may be alive).
+_NO_LIVE_RUN = "NOT EXISTS (SELECT 1 FROM runs r WHERE r.task_id=tasks.id AND r.state != 'ended')"
 
 
 def running_counts(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
+    """Live runs (every run not ``ended``), in total and per profile: what the caps count.
+
+    A run counts from its claim until the reaper confirmed that none of its
+    processes is alive, whatever its task's status: a worker that lingers
+    after ``kanban complete``, or one that takes its ``kill_grace`` to stop
+    after a block, holds its slot until it is gone.
+    """
     by: dict[str, int] = {}
-    for a, n in conn.execute("SELECT assignee, count(*) FROM tasks WHERE status='running' GROUP BY assignee"):
+    for a, n in conn.execute("SELECT profile, count(*) FROM runs WHERE state != 'ended' GROUP BY profile"):
         by[a] = n
     return sum(by.values()), by
+
+
+def profile_cooldowns(conn: sqlite3.Connection, now: float) -> dict[str, float]:
+    """Profiles cooling down after a rate limit: name -> until (epoch seconds)."""
+    return {p: u for p, u in conn.execute(
+        "SELECT profile, cooldown_until FROM profile_state WHERE cooldown_until > ?", (now,))}
+
+
+def live_run(conn: sqlite3.Connection, task_id: str) -> sqlite3.Row | None:
+    return conn.execute("SELECT id, state, kill_reason FROM runs WHERE task_id=? AND state != 'ended' "
+                        "ORDER BY claimed_at DESC LIMIT 1", (task_id,)).fetchone()
 
 
 def candidates(conn: sqlite3.Connection, now: float, cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -33,20 +54,21 @@ def candidates(conn: sqlite3.Connection, now: float, cfg: dict[str, Any]) -> lis
         return []
     picked: list[dict[str, Any]] = []
     default = d["default_assignee"]
+    cooling = profile_cooldowns(conn, now)
     for name, prof in cfg["profiles"].items():
         cap = prof["max_in_progress"]
         slots = free if cap is None else min(free, cap - by.get(name, 0))
-        if slots <= 0:
+        if slots <= 0 or name in cooling:
             continue
         rows = conn.execute(
             f"SELECT {_READY_COLS} FROM tasks WHERE status='ready' AND assignee=? "
-            "AND (cooldown_until IS NULL OR cooldown_until <= ?) ORDER BY priority DESC, created_at LIMIT ?",
-            (name, now, slots)).fetchall()
+            f"AND (cooldown_until IS NULL OR cooldown_until <= ?) AND {_NO_LIVE_RUN} "
+            "ORDER BY priority DESC, created_at LIMIT ?", (name, now, slots)).fetchall()
         if name == default:
             rows += conn.execute(
                 f"SELECT {_READY_COLS} FROM tasks WHERE status='ready' AND assignee IS NULL "
-                "AND (cooldown_until IS NULL OR cooldown_until <= ?) ORDER BY priority DESC, created_at LIMIT ?",
-                (now, slots)).fetchall()
+                f"AND (cooldown_until IS NULL OR cooldown_until <= ?) AND {_NO_LIVE_RUN} "
+                "ORDER BY priority DESC, created_at LIMIT ?", (now, slots)).fetchall()
             rows.sort(key=lambda r: (-r["priority"], r["created_at"]))
             rows = rows[:slots]
         picked += [{**dict(r), "profile": name} for r in rows]
@@ -70,7 +92,8 @@ def next_wake(conn: sqlite3.Connection, now: float) -> float | None:
                        (now,)).fetchone()
     row2 = conn.execute("SELECT min(claim_expires) FROM runs WHERE state != 'ended' AND kill_reason IS NULL"
                         ).fetchone()
-    times = [t for t in (row[0], row2[0]) if t is not None]
+    row3 = conn.execute("SELECT min(cooldown_until) FROM profile_state WHERE cooldown_until > ?", (now,)).fetchone()
+    times = [t for t in (row[0], row2[0], row3[0]) if t is not None]
     return min(times) if times else None
 
 
@@ -79,6 +102,7 @@ def explain(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], limit: in
     d = cfg["dispatch"]
     total, by = running_counts(conn)
     by = dict(by)
+    cooling = profile_cooldowns(conn, now)
     out = []
     rows = conn.execute(f"SELECT {_READY_COLS} FROM tasks WHERE status='ready' "
                         "ORDER BY priority DESC, created_at LIMIT ?", (limit,)).fetchall()
@@ -88,12 +112,21 @@ def explain(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], limit: in
         item = {"task": r["id"], "title": r["title"], "assignee": assignee, "priority": r["priority"],
                 "failures": r["consecutive_failures"], "failure_limit": limit_n}
         prof = cfg["profiles"].get(assignee) if assignee else None
-        if assignee is None:
+        live = live_run(conn, r["id"])
+        if live is not None:
+            what = "still exiting" if live["state"] == "exiting" else f"still {live['state']}"
+            item.update(decision="wait", reason=f"previous run {live['id']} {what}", wait_run=live["id"])
+        elif assignee is None:
             item.update(decision="skip", reason="unassigned and no dispatch.default_assignee")
         elif prof is None:
             item.update(decision="skip", reason=f"no profile for assignee {assignee!r}")
         elif r["cooldown_until"] and r["cooldown_until"] > now:
-            item.update(decision="wait", reason=f"rate-limit cooldown, {r['cooldown_until'] - now:.0f}s left")
+            what = "retry backoff" if r["cooldown_kind"] == "backoff" else "rate-limit cooldown"
+            item.update(decision="wait", reason=f"{what}, {r['cooldown_until'] - now:.0f}s left",
+                        wait_until=r["cooldown_until"])
+        elif assignee in cooling:
+            item.update(decision="wait", reason=f"profile {assignee} rate-limit cooldown, "
+                                                f"{cooling[assignee] - now:.0f}s left", wait_until=cooling[assignee])
         elif total >= d["max_in_progress"]:
             item.update(decision="wait", reason=f"global cap reached ({total}/{d['max_in_progress']})")
         elif prof["max_in_progress"] is not None and by.get(assignee, 0) >= prof["max_in_progress"]:

@@ -3,15 +3,19 @@
 Runs in: the dispatcher (inside its transactions) and unit tests.
 
 A claim is a compare-and-swap of a ready task to running that opens a run;
-the run id is the fencing token every worker request must carry. The way a
-run ended is decoded by :func:`decode_exit` and its consequence for the task
-comes from the ``OUTCOMES`` table.
+the run id is the fencing token every worker request must carry. A run has
+its own state machine, the ``RUN_TABLE`` below: ``claimed -> starting ->
+running -> exiting -> ended``, and only the reaper, once it has confirmed that
+no process of the run is alive, may move a run to ``ended``. The way a run
+ended is decoded by :func:`decode_exit` and its consequence for the task comes
+from the ``OUTCOMES`` table.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import signal as signal_mod
 import sqlite3
 from typing import Any
@@ -23,6 +27,53 @@ RUN_COLUMNS = ("id, task_id, profile, state, outcome, exit_code, signal, pid, st
                "started_at, ended_at, claim_expires, last_heartbeat, heartbeat_note, summary, metadata, error, "
                "kill_reason")
 EX_TEMPFAIL = 75
+
+RUN_STATES = ("claimed", "starting", "running", "exiting", "ended")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMove:
+    """One row of the run state table: ``sources`` --``move``--> ``target``, made by ``by``."""
+
+    move: str
+    sources: frozenset[str]
+    target: str
+    by: str
+    doc: str
+
+
+def _rm(move: str, sources: str, target: str, by: str, doc: str) -> RunMove:
+    return RunMove(move, frozenset(sources.split()), target, by, doc)
+
+
+#: Who may move a run, and where. A move not in the table leaves the run where it is.
+RUN_TABLE: tuple[RunMove, ...] = (
+    _rm("claim", "", "claimed", "dispatcher", "the claim transaction committed; no process yet"),
+    _rm("spawning", "claimed", "starting", "reaper", "the reaper forked the run's wrapper (run.starting)"),
+    _rm("started", "claimed starting", "running", "reaper",
+        "the worker exec'd; the wrapper reported it with the exec time (run.started)"),
+    _rm("kill", "claimed starting running", "exiting", "dispatcher or reaper",
+        "the run must end (complete with a lingering worker excepted: block, archive, kill, reassign, "
+        "timeout, stale, reclaim, shutdown); TERM now, KILL after kill_grace"),
+    _rm("exited", "claimed starting running exiting", "ended", "reaper",
+        "no process of the run is alive (wrapper's ECHILD, empty cgroup, or a sweep found nothing) "
+        "and the outcome is recorded (run.exited)"),
+)
+_RUN_INDEX = {(src, row.move): row for row in RUN_TABLE for src in row.sources}
+
+
+def run_move(state: str, move: str) -> str | None:
+    """The state a run in ``state`` reaches by ``move``, or ``None`` if the move does not apply."""
+    row = _RUN_INDEX.get((state, move))
+    return row.target if row else None
+
+
+def render_run_table() -> str:
+    """The run table as Markdown, for ``docs/architecture.md``."""
+    rows = ["| move | from | to | made by | when |", "|---|---|---|---|---|"]
+    for r in RUN_TABLE:
+        rows.append(f"| `{r.move}` | {', '.join(sorted(r.sources)) or '(new)'} | {r.target} | {r.by} | {r.doc} |")
+    return "\n".join(rows) + "\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +99,12 @@ OUTCOMES: dict[str, Outcome] = {
     "reclaimed": Outcome(False, True, True, "the worker vanished without an exit status report"),
     "interrupted": Outcome(False, True, True, "stopped by the daemon's shutdown (on_shutdown: kill)"),
     "lost": Outcome(False, True, True, "the exit status is truly unknowable"),
+    "killed": Outcome(False, True, True, "an operator ended the run (kanban kill); requeued"),
+    "reassigned": Outcome(False, True, True, "the task was assigned elsewhere while it ran; requeued"),
 }
 
-_KILL_OUTCOMES = {"timeout": "timed_out", "stale": "stale", "reclaim": "reclaimed", "shutdown": "interrupted"}
+_KILL_OUTCOMES = {"timeout": "timed_out", "stale": "stale", "reclaim": "reclaimed", "shutdown": "interrupted",
+                  "kill": "killed", "reassign": "reassigned"}
 
 
 def decode_exit(*, preset: str | None, exit_code: int | None, signal: int | None, timed_out: bool = False,
@@ -147,27 +201,72 @@ def claim(conn: sqlite3.Connection, now: float, task_id: str, profile: str, clai
     return run_dict(get_run(conn, run_id))
 
 
+def starting(conn: sqlite3.Connection, now: float, run_id: str, pid: int) -> dict[str, Any]:
+    """The reaper forked the run's wrapper (``pid``): claimed -> starting."""
+    run = get_run(conn, run_id)
+    target = run_move(run["state"], "spawning")
+    if target is None:
+        conn.execute("UPDATE runs SET pid=coalesce(pid, ?) WHERE id=?", (pid, run_id))
+        return {"ok": False, "state": run["state"]}
+    conn.execute("UPDATE runs SET state=?, pid=? WHERE id=?", (target, pid, run_id))
+    return {"ok": True, "state": target}
+
+
 def started(conn: sqlite3.Connection, now: float, run_id: str, pid: int, start_time: float,
-            worker_pid: int | None) -> dict[str, Any]:
+            worker_pid: int | None, exec_at: float | None = None) -> dict[str, Any]:
+    """The worker exec'd: claimed|starting -> running. A run already ``exiting`` stays so,
+    with its pids recorded; ``started_at`` is the wrapper's exec time of the worker."""
     run = get_run(conn, run_id)
     if run["state"] == "ended":
         return {"ok": False, "state": "ended"}
-    if run["state"] == "running" and run["pid"] == pid:
-        return {"ok": True, "state": "running"}  # a re-sent report (the reaper re-attached)
-    # started_at is the wrapper's own start (process start time, wall clock), the same clock the
-    # wrapper uses for ended_at, so durations are never negative.
-    started_at = start_time if start_time and abs(start_time - now) < 3600 else now
-    conn.execute("UPDATE runs SET state='running', pid=?, start_time=?, worker_pid=?, started_at=? WHERE id=?",
-                 (pid, start_time, worker_pid, started_at, run_id))
+    if run["state"] in ("running", "exiting") and run["pid"] == pid and run["worker_pid"] == worker_pid:
+        return {"ok": True, "state": run["state"]}  # a re-sent report (the reaper re-attached)
+    started_at = exec_at if exec_at and abs(exec_at - now) < 86400 * 7 else (
+        start_time if start_time and abs(start_time - now) < 3600 else now)
+    state = run_move(run["state"], "started") or run["state"]
+    conn.execute("UPDATE runs SET state=?, pid=?, start_time=?, worker_pid=?, started_at=? WHERE id=?",
+                 (state, pid, start_time, worker_pid, started_at, run_id))
     tasks.emit(conn, now, "started", run["task_id"], run_id, pid=pid, worker_pid=worker_pid)
-    return {"ok": True}
+    return {"ok": True, "state": state}
+
+
+def retry_backoff(failures: int, cfg: dict[str, Any], rng: random.Random | None = None) -> float:
+    """Seconds before a task that failed ``failures`` times in a row is retried:
+    ``retry_backoff * 2**(failures-1)``, capped at ``retry_backoff_max``, times 0.5-1.0
+    ("full jitter" halved, as in the supervisor's restart backoff)."""
+    d = cfg["dispatch"]
+    if failures <= 0 or d["retry_backoff"] <= 0:
+        return 0.0
+    base = min(d["retry_backoff_max"], d["retry_backoff"] * (2 ** (failures - 1)))
+    return base * (0.5 + (rng or random).random() / 2)
+
+
+def profile_cooldown(conn: sqlite3.Connection, profile: str) -> tuple[float | None, str | None]:
+    row = conn.execute("SELECT cooldown_until, cooldown_reason FROM profile_state WHERE profile=?",
+                       (profile,)).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def set_profile_cooldown(conn: sqlite3.Connection, now: float, profile: str, until: float | None,
+                         reason: str | None) -> None:
+    conn.execute("INSERT INTO profile_state (profile, cooldown_until, cooldown_reason, updated_at) VALUES (?,?,?,?) "
+                 "ON CONFLICT(profile) DO UPDATE SET cooldown_until=excluded.cooldown_until, "
+                 "cooldown_reason=excluded.cooldown_reason, updated_at=excluded.updated_at",
+                 (profile, until, reason, now))
 
 
 def exited(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_id: str, *,
            exit_code: int | None = None, signal: int | None = None, timed_out: bool = False,
            killed_for: str | None = None, spawn_error: str | None = None, lost: str | None = None,
-           log_tail: str | None = None, ended_at: float | None = None) -> dict[str, Any]:
-    """Record how a run ended and apply the consequence to its task. Idempotent."""
+           log_tail: str | None = None, ended_at: float | None = None, retry_after: float | None = None
+           ) -> dict[str, Any]:
+    """Record how a run ended and apply the consequence to its task. Idempotent.
+
+    Only the reaper calls this (``run.exited``), once no process of the run is
+    alive. A counted failure requeues after :func:`retry_backoff`; a rate limit
+    cools down the profile (``dispatch.rate_limit_scope: profile``) or the task
+    for ``retry_after`` seconds if the worker said, else ``rate_limit_cooldown``.
+    """
     run = get_run(conn, run_id)
     if run["state"] == "ended":
         return {"outcome": run["outcome"], "duplicate": True}
@@ -207,11 +306,24 @@ def exited(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_id: st
         tasks.emit(conn, now, "gave_up", task["id"], run_id, limit=limit, source=source, failures=failures,
                    outcome=outcome)
     else:
-        cooldown = now + cfg["dispatch"]["rate_limit_cooldown"] if outcome == "rate_limited" else None
+        cooldown, kind = None, None
+        if outcome == "rate_limited":
+            wait = retry_after if retry_after is not None and 0 <= retry_after <= 86400 * 7 \
+                else cfg["dispatch"]["rate_limit_cooldown"]
+            if cfg["dispatch"]["rate_limit_scope"] == "profile" and run["profile"]:
+                set_profile_cooldown(conn, now, run["profile"], now + wait, f"exit 75 from run {run_id}")
+                tasks.emit(conn, now, "cooldown", task["id"], run_id, profile=run["profile"], until=now + wait,
+                           scope="profile")
+            else:
+                cooldown, kind = now + wait, "rate_limit"
+        elif spec.failure:
+            delay = retry_backoff(failures, cfg)
+            if delay > 0:
+                cooldown, kind = now + delay, "backoff"
         tasks.set_status(conn, now, task, "requeue", current_run=None, consecutive_failures=failures,
-                         cooldown_until=cooldown)
+                         cooldown_until=cooldown, cooldown_kind=kind)
         tasks.emit(conn, now, "requeued", task["id"], run_id, outcome=outcome, failures=failures, limit=limit,
-                   cooldown_until=cooldown)
+                   cooldown_until=cooldown, wait=kind)
     return {"outcome": outcome}
 
 
@@ -238,8 +350,21 @@ def extend_claim(conn: sqlite3.Connection, now: float, run: sqlite3.Row, claim_t
     tasks.emit(conn, now, "claim_extended", run["task_id"], run["id"], until=now + claim_ttl)
 
 
-def mark_kill(conn: sqlite3.Connection, now: float, run_id: str, reason: str) -> None:
-    """Record why the daemon is stopping a run; the dispatcher then tells the reaper."""
+def mark_kill(conn: sqlite3.Connection, now: float, run_id: str, reason: str, emit: bool = True,
+              outcome: str | None = None) -> bool:
+    """The run must end: -> ``exiting`` with ``kill_reason`` (the first reason wins).
+
+    With ``emit``, a ``killing`` event carries ``kill_run`` and the dispatcher
+    tells the reaper after the commit. ``outcome`` presets the outcome the run
+    will get when it ends (``cancelled`` for an operator's block or archive).
+    Returns False if the run had already ended.
+    """
     run = get_run(conn, run_id)
-    conn.execute("UPDATE runs SET kill_reason=coalesce(kill_reason, ?) WHERE id=?", (reason, run_id))
-    tasks.emit(conn, now, "killing", run["task_id"], run_id, reason=reason, kill_run=run_id)
+    target = run_move(run["state"], "kill")
+    if target is None and run["state"] != "exiting":
+        return False
+    conn.execute("UPDATE runs SET state='exiting', kill_reason=coalesce(kill_reason, ?), "
+                 "outcome=coalesce(outcome, ?) WHERE id=?", (reason, outcome, run_id))
+    if emit:
+        tasks.emit(conn, now, "killing", run["task_id"], run_id, reason=reason, kill_run=run_id)
+    return True

@@ -21,7 +21,7 @@ from daemon.config import parse_duration
 
 TASK_COLUMNS = ("id, title, body, assignee, status, priority, tenant, created_by, created_at, updated_at, "
                 "ready_at, idempotency_key, max_runtime, max_retries, consecutive_failures, result, summary, "
-                "block_reason, workspace_kind, workspace_path, current_run, cooldown_until")
+                "block_reason, workspace_kind, workspace_path, current_run, cooldown_until, cooldown_kind")
 
 
 def new_id(prefix: str, nbytes: int = 4) -> str:
@@ -214,6 +214,17 @@ def check_token(row: sqlite3.Row, run: str | None) -> None:
                        task=row["id"], run=run, current_run=row["current_run"])
 
 
+def end_run(conn: sqlite3.Connection, now: float, run_id: str, reason: str, outcome: str | None = None,
+            emit_event: bool = False) -> bool:
+    """Move a run to ``exiting``: the reaper ends its whole tree, and only then does it end.
+
+    See :func:`daemon.board.runs.mark_kill`; the event that carries ``kill_run``
+    makes the dispatcher tell the reaper after the commit.
+    """
+    from daemon.board import runs as runs_mod  # local: runs imports this module
+    return runs_mod.mark_kill(conn, now, run_id, reason, emit=emit_event, outcome=outcome)
+
+
 def _finish_run_by_worker(conn: sqlite3.Connection, now: float, row: sqlite3.Row, run: str | None,
                           outcome: str, **columns: Any) -> None:
     run_id = run or row["current_run"]
@@ -260,7 +271,10 @@ def block(conn: sqlite3.Connection, now: float, ids: list[str], reason: str, run
         row = get(conn, task_id)
         check_token(row, run)
         fenced = row["current_run"] if (row["status"] == "running" and run is None) else None
-        _finish_run_by_worker(conn, now, row, run, "blocked" if run else "cancelled")
+        if fenced:
+            end_run(conn, now, fenced, "cancel", outcome="cancelled")
+        else:
+            _finish_run_by_worker(conn, now, row, run, "blocked")
         set_status(conn, now, row, "block", block_reason=reason,
                    current_run=row["current_run"] if run else None)
         emit(conn, now, "blocked", task_id, run or fenced, reason=reason, by="worker" if run else "operator",
@@ -280,7 +294,7 @@ def unblock(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, A
     for task_id in ids:
         row = get(conn, task_id)
         status = set_status(conn, now, row, "unblock", block_reason=None, consecutive_failures=0,
-                            cooldown_until=None, skip_noted=None)
+                            cooldown_until=None, cooldown_kind=None, skip_noted=None)
         emit(conn, now, "unblocked", task_id, status=status)
         out.append(task_dict(conn, task_id))
     return {"tasks": out}
@@ -293,7 +307,7 @@ def archive(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, A
         row = get(conn, task_id)
         fenced = row["current_run"] if row["status"] == "running" else None
         if fenced:
-            conn.execute("UPDATE runs SET outcome='cancelled' WHERE id=? AND outcome IS NULL", (fenced,))
+            end_run(conn, now, fenced, "cancel", outcome="cancelled")
         set_status(conn, now, row, "archive", current_run=None)
         last = emit(conn, now, "archived", task_id, fenced, kill_run=fenced,
                     workspace={"kind": row["workspace_kind"], "path": row["workspace_path"]})
@@ -313,10 +327,69 @@ def promote(conn: sqlite3.Connection, now: float, task_id: str) -> dict[str, Any
 
 def assign(conn: sqlite3.Connection, now: float, task_id: str, assignee: str | None,
            source: str = "operator") -> dict[str, Any]:
+    """Change the assignee. A running task's run is ended first (``reassigned``, not a
+    failure); the task is requeued for its new assignee once the run's processes are gone."""
     row = get(conn, task_id)
     conn.execute("UPDATE tasks SET assignee=?, updated_at=?, skip_noted=NULL WHERE id=?", (assignee, now, task_id))
-    emit(conn, now, "assigned", task_id, assignee=assignee, previous=row["assignee"], source=source)
+    fenced = None
+    if row["status"] == "running" and row["current_run"] and assignee != row["assignee"]:
+        fenced = row["current_run"]
+        end_run(conn, now, fenced, "reassign")
+    emit(conn, now, "assigned", task_id, fenced, assignee=assignee, previous=row["assignee"], source=source,
+         kill_run=fenced, reason="reassign" if fenced else None)
     return task_dict(conn, task_id)
+
+
+def kill(conn: sqlite3.Connection, now: float, ids: list[str], block_reason: str | None = None
+         ) -> dict[str, Any]:
+    """End each task's current run now (TERM, KILL after ``kill_grace``).
+
+    Without ``block_reason`` the run's outcome is ``killed`` and the task is
+    requeued (not a failure) once the run's processes are gone; with it the
+    task is blocked at once, like an operator's block.
+
+    Raises:
+        RPCError: ``illegal_transition`` if a task is not running.
+    """
+    _need_ids(ids)
+    out = []
+    for task_id in ids:
+        row = get(conn, task_id)
+        if row["status"] != "running" or not row["current_run"]:
+            raise RPCError("illegal_transition", f"task {task_id} is {row['status']}; cannot kill it (no run)",
+                           task=task_id, status=row["status"], move="kill")
+        if block_reason is not None:
+            block(conn, now, [task_id], block_reason)
+        else:
+            end_run(conn, now, row["current_run"], "kill", emit_event=True)
+        out.append(task_dict(conn, task_id))
+    return {"tasks": out}
+
+
+def retry(conn: sqlite3.Connection, now: float, ids: list[str], reason: str | None = None) -> dict[str, Any]:
+    """Clear each task's backoff or cooldown (and its failure count); a blocked task (the
+    breaker gave up, or a block) is requeued; a ready task starts at the next pass."""
+    _need_ids(ids)
+    out = []
+    for task_id in ids:
+        row = get(conn, task_id)
+        if row["status"] == "blocked":
+            set_status(conn, now, row, "unblock", block_reason=None, consecutive_failures=0, cooldown_until=None,
+                       cooldown_kind=None, skip_noted=None)
+        elif row["status"] in ("ready", "todo"):
+            conn.execute("UPDATE tasks SET cooldown_until=NULL, cooldown_kind=NULL, consecutive_failures=0, "
+                         "updated_at=? WHERE id=?", (now, task_id))
+        else:
+            raise RPCError("illegal_transition", f"task {task_id} is {row['status']}; cannot retry it",
+                           task=task_id, status=row["status"], move="retry")
+        profiles = {row["assignee"]} | {r[0] for r in conn.execute(
+            "SELECT profile FROM runs WHERE task_id=? ORDER BY claimed_at DESC LIMIT 1", (task_id,))}
+        for prof in profiles - {None}:  # a rate limit of the profile it runs under is lifted too
+            conn.execute("UPDATE profile_state SET cooldown_until=NULL, updated_at=? WHERE profile=? "
+                         "AND cooldown_until > ?", (now, prof, now))
+        emit(conn, now, "retried", task_id, reason=reason, previous=row["status"])
+        out.append(task_dict(conn, task_id))
+    return {"tasks": out}
 
 
 def comment(conn: sqlite3.Connection, now: float, task_id: str, body: str, author: str | None = None

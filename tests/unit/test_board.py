@@ -15,7 +15,7 @@ import pytest
 
 from client.protocol import RPCError
 from daemon import config as config_mod
-from daemon.board import db, runs, tasks, transitions
+from daemon.board import db, plan, runs, tasks, transitions
 
 NOW = 1_700_000_000.0
 ALL_OPEN = ("triage", "todo", "ready", "running", "blocked", "review", "scheduled")
@@ -626,9 +626,10 @@ def test_exit_zero_without_completion_is_a_protocol_violation(conn):
     assert events(conn, t["id"], "requeued")[0]["payload"]["failures"] == 1
 
 
-def test_rate_limited_requeues_with_cooldown_and_does_not_count(conn):
+def test_rate_limited_task_scope_requeues_with_cooldown_and_does_not_count(conn):
     t = mk(conn, "t")
     c = cfg()
+    c["dispatch"]["rate_limit_scope"] = "task"
     r = start_run(conn, t["id"])
     w(conn, runs.exited, NOW + 2, c, r, exit_code=1)
     r = start_run(conn, t["id"], NOW + 3)
@@ -636,7 +637,38 @@ def test_rate_limited_requeues_with_cooldown_and_does_not_count(conn):
     tr = row(conn, t["id"])
     assert tr["status"] == "ready" and tr["consecutive_failures"] == 1
     assert tr["cooldown_until"] == NOW + 4 + c["dispatch"]["rate_limit_cooldown"]
+    assert tr["cooldown_kind"] == "rate_limit"
     assert runs.get_run(conn, r)["error"] == "exit code 75"
+
+
+def test_rate_limited_profile_scope_cools_the_profile_for_retry_after(conn):
+    t = mk(conn, "t")
+    c = cfg()  # default scope: the profile (the quota belongs to the account behind it)
+    r = start_run(conn, t["id"])
+    assert w(conn, runs.exited, NOW + 4, c, r, exit_code=75, retry_after=42.0)["outcome"] == "rate_limited"
+    tr = row(conn, t["id"])
+    assert tr["status"] == "ready" and tr["cooldown_until"] is None
+    prof = runs.get_run(conn, r)["profile"]
+    assert runs.profile_cooldown(conn, prof)[0] == NOW + 4 + 42.0
+    assert plan.candidates(conn, NOW + 5, {**c, "profiles": {prof: {"max_in_progress": None}}}) == []
+    # `retry` lifts it
+    w(conn, tasks.retry, NOW + 6, [t["id"]])
+    assert runs.profile_cooldown(conn, prof)[0] is None
+
+
+def test_counted_failure_waits_a_jittered_exponential_backoff(conn):
+    c = cfg()
+    c["dispatch"].update(retry_backoff=10.0, retry_backoff_max=60.0)
+    import random
+    rng = random.Random(1)
+    for n, base in ((1, 10), (2, 20), (3, 40), (4, 60), (9, 60)):
+        d = runs.retry_backoff(n, c, rng)
+        assert base / 2 <= d <= base
+    t = mk(conn, "t")
+    r = start_run(conn, t["id"])
+    w(conn, runs.exited, NOW + 2, c, r, exit_code=1)
+    tr = row(conn, t["id"])
+    assert tr["cooldown_kind"] == "backoff" and NOW + 2 + 5 <= tr["cooldown_until"] <= NOW + 2 + 10
 
 
 @pytest.mark.parametrize("max_retries,config_limit,want_limit,want_source", [

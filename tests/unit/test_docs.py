@@ -130,7 +130,7 @@ def test_readme_mentions_every_cli_verb():
 
 def test_readme_and_workers_doc_list_every_worker_variable():
     spec = {"task": "t_00000000", "run": "r_000000000000", "workspace": {"path": "/w"}, "profile": "p", "env": {}}
-    names = [k for k in spawner.worker_env(spec, {"socket": "/s", "board": "/b"}, base={}) if k.startswith("KANBAN_")]
+    names = [k for k in spawner.worker_env(spec, {"socket": "/s", "board": "/b", "runs": "/r"}, base={}) if k.startswith("KANBAN_")]
     assert len(names) >= 6
     for page in (README, DOCS / "workers.md"):
         text = read(page)

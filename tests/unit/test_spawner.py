@@ -70,9 +70,12 @@ def test_rotate_if_needed_keeps_one_generation(tmp_path):
 
 def test_worker_env_sets_kanban_vars_and_drops_systemd_ones():
     spec = {"task": "t_1", "run": "r_1", "workspace": {"path": "/w"}, "profile": "p", "env": {"MODEL": "x"}}
-    paths = {"socket": "/s", "board": "/b.db"}
+    paths = {"socket": "/s", "board": "/b.db", "runs": "/r", "client_bin": "/r/bin"}
     env = spawner.worker_env(spec, paths, base={"PATH": "/usr/bin", "NOTIFY_SOCKET": "/n", "WATCHDOG_USEC": "1",
                                                "HOME": "/h"})
+    # the kanban client first, kanband's own virtualenv not at all: python3, pip, pytest stay the user's
+    assert env["PATH"] == "/r/bin:/usr/bin"
+    assert env["KANBAN_RETRY_AFTER_FILE"] == "/r/r_1.retry-after"
     assert env["KANBAN_TASK"] == "t_1" and env["KANBAN_RUN"] == "r_1" and env["KANBAN_SOCKET"] == "/s"
     assert env["KANBAN_WORKSPACE"] == "/w" and env["KANBAN_BOARD"] == "/b.db" and env["MODEL"] == "x"
     assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env and env["HOME"] == "/h"
