@@ -116,6 +116,12 @@ def fmt_status(r: dict, color: bool) -> str:
     lines.append(table(rows, ["role", "pid", "state", "restarts", "heartbeat"]))
     if r.get("flapping"):
         lines.append(f"FLAPPING: {', '.join(r['flapping'])}")
+    c = r.get("containment")
+    if c:
+        lines.append(f"containment: {c['mode']}" + (f" ({c['why']})" if c.get("why") else ""))
+    live = r.get("runs") or {}
+    if live:
+        lines.append("live runs: " + ", ".join(f"{n} {st}" for st, n in live.items()))
     lines += ["", ", ".join(f"{n} {k}" for k, n in s.items() if n) or "board is empty"]
     return "\n".join(lines)
 
@@ -130,6 +136,9 @@ def fmt_runs(r: dict, color: bool) -> str:
 def fmt_plan(r: dict, color: bool) -> str:
     rows = [[x["task"], x["decision"], x["assignee"] or "-", x["reason"]] for x in r["plan"]]
     out = table(rows, ["task", "decision", "assignee", "reason"]) if rows else "no ready tasks"
+    for x in r.get("exiting") or []:
+        out += f"\nrun {x['run']} of {x['task']} is still exiting ({x['reason']}): its slot is taken until no " \
+               "process of it is alive"
     if not r.get("reaper_attached", True):
         out += "\nnote: the reaper is not attached; nothing starts until it is"
     return out

@@ -191,6 +191,9 @@ def daemon_status(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
             "uptime": ctx.now - d.started_at, "board": d.paths["board"], "socket": d.paths["socket"],
             "state_dir": d.paths["state_dir"], "config": ctx.cfg.get("_file"), "roles": d.role_table(ctx.now),
             "flapping": d.flapping, "reaper_attached": d.reaper is not None,
+            "containment": d.contain.describe(),
+            "runs": {st: n for st, n in ctx.db.execute(
+                "SELECT state, count(*) FROM runs WHERE state != 'ended' GROUP BY state")},
             "summary": tasks.stats(ctx.db, ctx.now)["by_status"]}
 
 
@@ -201,7 +204,11 @@ def dispatch_run(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 
 @handler("dispatch.plan")
 def dispatch_plan(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
-    return {"plan": plan.explain(ctx.db, ctx.now, ctx.cfg), "reaper_attached": ctx.disp.reaper is not None}
+    exiting = [dict(r) for r in ctx.db.execute(
+        "SELECT id AS run, task_id AS task, profile, kill_reason AS reason, pid FROM runs WHERE state='exiting' "
+        "ORDER BY claimed_at")]
+    return {"plan": plan.explain(ctx.db, ctx.now, ctx.cfg), "reaper_attached": ctx.disp.reaper is not None,
+            "exiting": exiting}
 
 
 @handler("notify.subscribe")

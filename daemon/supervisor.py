@@ -84,8 +84,22 @@ class Supervisor:
         wd = os.environ.get("WATCHDOG_USEC")
         wd_pid = os.environ.get("WATCHDOG_PID")
         self.watchdog = (int(wd) / 1e6) if wd and (not wd_pid or wd_pid == str(os.getpid())) else None
+        self.cfg = self.within_watchdog(cfg)
         self.next_wd = 0.0
         self.next_snapshot = 0.0
+
+    def within_watchdog(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Under systemd's watchdog, roles heartbeat and are judged within its deadline, whatever
+        the config says: interval <= WatchdogSec/4, stale <= WatchdogSec/2 (sd_watchdog_enabled(3)
+        asks for a ping at least every half of WATCHDOG_USEC; a role must be judged before that)."""
+        if not self.watchdog:
+            return cfg
+        sup = dict(cfg["supervisor"])
+        sup["heartbeat_interval"] = min(sup["heartbeat_interval"], self.watchdog / 4)
+        sup["heartbeat_stale"] = min(sup["heartbeat_stale"], self.watchdog / 2)
+        if sup["role_timeout"] <= sup["heartbeat_stale"]:
+            sup["role_timeout"] = sup["heartbeat_stale"] * 2
+        return {**cfg, "supervisor": sup}
 
     # ---- start-up -----------------------------------------------------------
 
@@ -360,7 +374,7 @@ class Supervisor:
             if self.sent_ready:
                 self.notify("READY=1")
             return
-        self.cfg = new
+        self.cfg = new = self.within_watchdog(new)
         daemon_log.configure(new, role="supervisor")
         wire = {**new, "_set": sorted(new["_set"])}
         for r in self.roles.values():

@@ -716,3 +716,26 @@ def test_journal_stream_of_another_file_is_ignored(make_daemon):
     assert d.stop() == 0
     lines = [ln for ln in Path(d.log_path).read_text().splitlines() if ln.strip()]
     assert lines and all(ln.startswith("{") for ln in lines), lines[:3]
+
+
+def test_watchdog_deadline_overrides_a_longer_configured_staleness(make_daemon):
+    """WATCHDOG_USEC=1 s with heartbeat_stale 15 s configured: a SIGSTOPped dispatcher is judged
+    within WatchdogSec/2, not 15 s, and the pings stop before systemd's deadline would pass."""
+    wd = 1_000_000
+    d = make_daemon({"supervisor": {"heartbeat_interval": "5s", "heartbeat_stale": "15s", "role_timeout": "60s"}},
+                    watchdog_usec=wd)
+    wait_for(lambda: len(pings(d)) >= 3, timeout=5, what="regular watchdog pings")
+    pid = d.role_pids()["dispatcher"]
+    os.kill(pid, signal.SIGSTOP)
+    t_stop = time.monotonic()
+    try:
+        wait_for(lambda: status_states(last_status_line(d)).get("dispatcher") == "unresponsive", timeout=5,
+                 what="STATUS= dispatcher unresponsive")
+        t_bad = d.notify.lines("STATUS=")[-1][0]
+        # stale <= WatchdogSec/2 (0.5 s) after the last heartbeat, which came at most WatchdogSec/4 before
+        assert t_bad - t_stop < 0.5 + 0.25 + 0.5, f"judged unresponsive {t_bad - t_stop:.2f}s after SIGSTOP"
+        wait_for(lambda: quiet_for(d, 2.0, t_stop), timeout=10, what="WATCHDOG=1 to stop")
+        assert pings(d)[-1] - t_stop < wd / 1e6, "a ping went out after systemd's deadline could have passed"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: status_states(last_status_line(d)).get("dispatcher") == "ok", timeout=10, what="ok again")
