@@ -7,6 +7,12 @@ each method with a ``verb`` becomes ``kanban VERB``, each param an argument.
 Human output comes from :mod:`client.formats`; ``--json`` prints the result
 object and nothing else. Errors print one line on stderr and exit 1 (the
 daemon refused) or 2 (usage).
+
+Through a daemon restart: an operator's verb retries its connect for about
+2 s. Inside a worker (``$KANBAN_RUN`` set) every verb keeps retrying for
+``$KANBAN_RETRY_FOR`` seconds (120), and the worker verbs carry a random
+``request_id`` so that a request resent after a dropped connection is applied
+once. ``watch`` and ``tail`` reconnect and resume after the last event printed.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import sys
 
 from client import fastargs, protocol
 from client.formats import FORMATTERS, fmt_default, fmt_event, use_color
-from client.rpc import Client, NotRunning, ServerError
+from client.rpc import (CONNECT_RETRY, Client, NotRunning, ServerError, call_retrying, follow_resuming,
+                        new_request_id, retry_for_from_env)
 
 #: Flags whose CLI name differs from the wire name (repeatable singular forms).
 FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kinds": "kinds"}
@@ -146,20 +153,28 @@ def collect(ns) -> dict:
     return params
 
 
-def stream(client: Client, verb: str, params: dict, as_json: bool) -> int:
-    """``watch`` and ``tail``: print events as the daemon pushes them, until Ctrl-C."""
+def stream(client: Client | None, path: str | None, verb: str, params: dict, as_json: bool,
+           retry_for: float) -> int:
+    """``watch`` and ``tail``: print events as the daemon pushes them, until Ctrl-C.
+
+    The stream survives a daemon restart: it reconnects for up to ``retry_for``
+    seconds and resumes after the last event it printed (no gap, no repeat).
+    ``client`` is the first connection, or ``None`` to make it with the same retry.
+    """
     def emit(e: dict) -> None:
         print(json.dumps(e) if as_json else fmt_event(e), flush=True)
 
     try:
         if verb == "tail":  # the task's last 20 events, then live from there (no gap, no repeat)
-            recent = client.call("task.show", {"id": params["task"]})["events"]
+            show = {"id": params["task"]}
+            recent = (client.call("task.show", show) if client is not None
+                      else call_retrying("task.show", show, path, retry_for=retry_for))["events"]
             if recent:
                 params.setdefault("after", recent[-1]["id"])
             for e in recent:
                 if not params.get("kinds") or e["kind"] in params["kinds"]:
                     emit(e)
-        for e in client.follow(params):
+        for e in follow_resuming(params, path, retry_for=retry_for, client=client):
             emit(e)
     except KeyboardInterrupt:
         return 0
@@ -167,6 +182,12 @@ def stream(client: Client, verb: str, params: dict, as_json: bool) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
+
+
+def resendable(method: protocol.Method, params: dict) -> bool:
+    """Whether sending ``params`` again after a dropped connection cannot apply them twice."""
+    return (not method.writes or "request_id" in params
+            or (method.name == "task.create" and "idempotency_key" in params))
 
 
 def pick_verb(argv: list[str]) -> str | None:
@@ -201,11 +222,24 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     as_json = bool(getattr(ns, "json", False))
+    method = protocol.METHODS[ns._method]
+    worker = bool(os.environ.get("KANBAN_RUN"))  # inside a worker: ride out a daemon restart
     try:
-        with Client(ns.socket) as client:
-            if protocol.METHODS[ns._method].stream:
-                return stream(client, ns._verb, params, as_json)
-            result = client.call(ns._method, params)
+        retry_for = retry_for_from_env() if worker or method.stream else CONNECT_RETRY
+    except ValueError as exc:
+        print(f"kanban: {exc}", file=sys.stderr)
+        return 2
+    if worker and any(p.name == "request_id" for p in method.params):
+        params.setdefault("request_id", new_request_id())  # one per invocation, reused by its retries
+    try:
+        if method.stream:
+            return stream(None if worker else Client(ns.socket), ns.socket, ns._verb, params, as_json, retry_for)
+        if worker:
+            result = call_retrying(ns._method, params, ns.socket, retry_for=retry_for,
+                                   resend=resendable(method, params))
+        else:
+            with Client(ns.socket) as client:
+                result = client.call(ns._method, params)
     except NotRunning as exc:
         print(f"kanban: {exc}", file=sys.stderr)
         return 1

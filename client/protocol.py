@@ -196,6 +196,11 @@ _ID = _p("id", "str", "task id (t_xxxxxxxx)", required=True, cli="pos")
 _ID_ENV = _p("id", "str", "task id; defaults to $KANBAN_TASK inside a worker", cli="pos*", env="KANBAN_TASK")
 _IDS_ENV = _p("ids", "list", "task ids; defaults to $KANBAN_TASK inside a worker", cli="pos*", env="KANBAN_TASK")
 _RUN = _p("run", "str", "fencing token (run id); defaults to $KANBAN_RUN inside a worker", env="KANBAN_RUN")
+_RUN_KEY = _p("run", "str", "the commenting worker's run id (defaults to $KANBAN_RUN); keys request_id, "
+              "not checked against the task", env="KANBAN_RUN")
+#: De-duplication key of a worker verb: a repeat with the same (run, request_id) gets the first answer.
+_REQUEST_ID = _p("request_id", "str", "client request id: a retry with the same id (and run) is answered "
+                 "with the first answer instead of being applied again (the client picks one)")
 _STATUSES = ("triage", "todo", "ready", "running", "blocked", "review", "scheduled", "done", "archived")
 
 _METHOD_LIST: tuple[Method, ...] = (
@@ -260,20 +265,20 @@ _METHOD_LIST: tuple[Method, ...] = (
     Method(
         "task.comment", "Add a comment to a task",
         params=(_ID, _p("body", "str", "comment text", required=True, cli="pos"),
-                _p("author", "str", "who says it (default: $USER)")),
+                _p("author", "str", "who says it (default: $USER)"), _RUN_KEY, _REQUEST_ID),
         result="comment object", errors=("not_found",), writes=True, verb="comment",
     ),
     Method(
         "task.complete", "Mark tasks done (inside a worker: the current task)",
         params=(_IDS_ENV, _p("summary", "str", "what was done", short="m"),
                 _p("result", "str", "machine-readable result text"),
-                _p("metadata", "dict", "JSON object stored on the run"), _RUN),
+                _p("metadata", "dict", "JSON object stored on the run"), _RUN, _REQUEST_ID),
         result="{tasks: [task], promoted: [id]}",
         errors=("not_found", "illegal_transition", "conflict", "stale_token"), writes=True, verb="complete",
     ),
     Method(
         "task.block", "Block tasks with a reason; sticky until unblocked",
-        params=(_IDS_ENV, _p("reason", "str", "why", required=True, short="r"), _RUN),
+        params=(_IDS_ENV, _p("reason", "str", "why", required=True, short="r"), _RUN, _REQUEST_ID),
         result="{tasks: [task]}", errors=("not_found", "illegal_transition", "stale_token"),
         writes=True, verb="block",
     ),
@@ -313,7 +318,7 @@ _METHOD_LIST: tuple[Method, ...] = (
     ),
     Method(
         "task.heartbeat", "Worker heartbeat: extends the claim on the current run",
-        params=(_ID_ENV, _RUN, _p("note", "str", "progress note")),
+        params=(_ID_ENV, _RUN, _p("note", "str", "progress note"), _REQUEST_ID),
         result="{task, run, claim_expires}", errors=("not_found", "stale_token", "illegal_transition"),
         writes=True, verb="heartbeat",
     ),

@@ -1,6 +1,17 @@
 """Client side of the JSON-RPC transport. Stdlib only.
 
 Runs in: the ``kanban`` CLI, workers, tests and benchmarks.
+
+Two retry regimes:
+
+- :class:`Client` retries a refused or missing socket for ``CONNECT_RETRY``
+  (about 2 s): enough for an operator's verb to ride out a quick restart.
+- :func:`call_retrying` and :func:`follow_resuming` keep going for as long as
+  the caller asks (a worker: ``$KANBAN_RETRY_FOR``, 120 s by default), with
+  exponential backoff, through a failed connect *and* through a connection
+  that dropped before the answer came. A request is sent again only when that
+  is safe: it reads, or it carries a ``request_id`` that the daemon
+  de-duplicates (``daemon/board/requests.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +21,16 @@ import itertools
 import json
 import os
 import socket
+import sys
 import time
+from collections.abc import Callable, Iterator
 
-CONNECT_RETRY = 2.0  # seconds: ride out a daemon restart
+CONNECT_RETRY = 2.0  # seconds: an operator's verb rides out a quick daemon restart
+#: Seconds a worker's request keeps retrying through a daemon restart (``$KANBAN_RETRY_FOR``).
+WORKER_RETRY_FOR = 120.0
+#: First and largest pause between two attempts, in seconds (doubling, with jitter).
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
 
 
 class NotRunning(Exception):
@@ -127,3 +145,184 @@ def call(method: str, params: dict | None = None, path: str | None = None) -> ob
     """One request on a fresh connection."""
     with Client(path) as c:
         return c.call(method, params)
+
+
+# ---- retrying through a daemon restart ------------------------------------------------------
+
+
+def new_request_id() -> str:
+    """A random client request id (32 hex digits): one per logical request, reused by its retries."""
+    return os.urandom(16).hex()
+
+
+def retry_for_from_env(environ: dict[str, str] | None = None) -> float:
+    """``$KANBAN_RETRY_FOR`` in seconds (``120``, ``90s``, ``5m``, ``1h``); 120 when unset.
+
+    Raises:
+        ValueError: The value is not a non-negative duration; the message names the variable.
+    """
+    raw = (os.environ if environ is None else environ).get("KANBAN_RETRY_FOR", "").strip()
+    if not raw:
+        return WORKER_RETRY_FOR
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(raw[-1:].lower())
+    try:
+        value = float(raw[:-1] if scale else raw) * (scale or 1.0)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"KANBAN_RETRY_FOR must be a duration in seconds such as 120, 90s or 5m, not {raw!r}")
+    return value
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Backoff:
+    """Pauses between attempts to reach the daemon, until a deadline.
+
+    The first pause is ``BACKOFF_FIRST`` seconds; each one doubles, up to
+    ``BACKOFF_MAX``, with jitter so that many workers do not reconnect in step.
+    The first pause says once, through ``say``, that the client is retrying.
+
+    Args:
+        path: The socket path (for the message).
+        retry_for: Seconds from now after which :meth:`pause` gives up.
+        say: Receives the one-line notice (default: stderr).
+    """
+
+    def __init__(self, path: str, retry_for: float, say: Callable[[str], None] = _stderr) -> None:
+        self.path = path
+        self.retry_for = retry_for
+        self.say = say
+        self.deadline = time.monotonic() + retry_for
+        self.delay = BACKOFF_FIRST
+        self.said = False
+
+    def pause(self) -> bool:
+        """Sleep before the next attempt; ``False`` (without sleeping) once the deadline has passed."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if not self.said:
+            self.said = True
+            self.say(f"kanban: daemon not reachable at {self.path}; retrying for up to {self.retry_for:g}s")
+        jitter = 0.5 + int.from_bytes(os.urandom(2), "big") / 131070  # 0.5 to 1.0; `random` is slow to import
+        time.sleep(min(left, self.delay * jitter))
+        self.delay = min(self.delay * 2, BACKOFF_MAX)
+        return True
+
+    def gave_up(self, what: str) -> NotRunning:
+        return NotRunning(f"{what}; gave up after retrying for {self.retry_for:g}s (KANBAN_RETRY_FOR)")
+
+
+def _retryable(exc: ServerError) -> bool:
+    """A refusal that applied nothing and may pass later: shutting down, too many clients."""
+    return exc.name == "unavailable"
+
+
+def call_retrying(method: str, params: dict | None = None, path: str | None = None, *,
+                  retry_for: float = WORKER_RETRY_FOR, resend: bool = True,
+                  say: Callable[[str], None] = _stderr, timeout: float | None = 30.0) -> object:
+    """Send one request, retrying through a daemon restart for up to ``retry_for`` seconds.
+
+    A failed connect is always retried: nothing was sent. A connection that
+    drops after the request went out (the daemon died mid-request) is retried
+    only with ``resend``, which the caller sets when sending twice is safe: the
+    method does not write, or ``params`` carry a ``request_id``, so the daemon
+    answers a repeat with its first answer.
+
+    Args:
+        method: Wire method name.
+        params: Its params; not modified.
+        path: Socket path (default: :func:`socket_path`).
+        retry_for: Seconds to keep trying, from the first attempt.
+        resend: Whether a request that may have reached the daemon may be sent again.
+        say: Receives the one-line "retrying" notice, said at most once.
+        timeout: Seconds to wait for each answer.
+
+    Returns:
+        The method's result.
+
+    Raises:
+        ServerError: The daemon answered with an error (other than ``unavailable``).
+        NotRunning: No answer within ``retry_for``, or the connection dropped after
+            sending and ``resend`` is false.
+    """
+    path = socket_path(path)
+    backoff = Backoff(path, retry_for, say)
+    while True:
+        try:
+            client = Client(path, retry=0.0, timeout=timeout)
+        except NotRunning as exc:
+            if not backoff.pause():
+                raise backoff.gave_up(str(exc)) from None
+            continue
+        try:
+            with client:
+                return client.call(method, params)
+        except ServerError as exc:
+            if not _retryable(exc) or not backoff.pause():
+                raise
+        except (NotRunning, OSError) as exc:
+            if not resend:
+                raise NotRunning(f"the connection to kanband dropped before it answered ({exc}); "
+                                 f"{method} may or may not have been applied") from None
+            if not backoff.pause():
+                raise backoff.gave_up(f"kanband did not answer {method} ({exc})") from None
+
+
+def follow_resuming(params: dict | None = None, path: str | None = None, *, retry_for: float = WORKER_RETRY_FOR,
+                    say: Callable[[str], None] = _stderr, client: Client | None = None) -> Iterator[dict]:
+    """``events.follow`` that reconnects after a daemon restart, with no gap and no repeat.
+
+    It remembers the id of the last event it yielded (before the first one:
+    the ``last_id`` the daemon answered the follow with, or ``params["after"]``)
+    and follows again with ``after`` set to it, so the new daemon replays what
+    happened while the stream was down. Each outage may last up to
+    ``retry_for`` seconds.
+
+    Args:
+        params: ``events.follow`` params (filters, ``after``); not modified.
+        path: Socket path (default: :func:`socket_path`).
+        retry_for: Seconds each reconnection may take.
+        say: Receives the one-line "retrying" notice, once per outage.
+        client: An already connected client to start with (it is closed on the first drop).
+
+    Yields:
+        Event objects, oldest first, each once.
+
+    Raises:
+        ServerError: The daemon refused the follow (a bad filter, an unknown task).
+        NotRunning: The daemon stayed unreachable for ``retry_for`` seconds.
+    """
+    path = socket_path(path)
+    params = dict(params or {})
+    cursor = params.get("after")
+    backoff: Backoff | None = None
+    while True:
+        try:
+            if client is None:
+                client = Client(path, retry=0.0)
+            client.sock.settimeout(None)
+            answer = client.call("events.follow", params if cursor is None else {**params, "after": cursor})
+            if cursor is None:
+                cursor = answer["last_id"]
+            backoff = None
+            while True:
+                msg = client.read()
+                if msg.get("method") == "event":
+                    yield msg["params"]
+                    cursor = max(cursor, msg["params"]["id"])
+        except ServerError as exc:
+            if not _retryable(exc):
+                raise
+            why = str(exc)
+        except (NotRunning, OSError) as exc:
+            why = str(exc)
+        if client is not None:
+            client.close()
+            client = None
+        backoff = backoff or Backoff(path, retry_for, say)
+        if not backoff.pause():
+            raise backoff.gave_up(f"lost the event stream ({why})")

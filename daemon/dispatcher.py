@@ -14,6 +14,7 @@ is only the backstop for time-based rules (cooldowns, claim expiry).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -26,7 +27,7 @@ import structlog
 from client.protocol import METHODS, RPCError, check_params
 from daemon import containment, ipc, roles
 from daemon.board import db as boarddb
-from daemon.board import plan, runs, tasks
+from daemon.board import plan, requests, runs, tasks
 from daemon.handlers import HANDLERS, Ctx
 
 log = structlog.get_logger()
@@ -190,12 +191,14 @@ class Dispatcher:
             params = check_params(method, r.params)
             if method.internal or method.writes:
                 self.authorize(r.conn, method, params)
+            seen = requests.key(method, params)  # a retried worker request: answer it as the first time
+            if seen is not None and (first := requests.recall(self.db, method.name, *seen)) is not None:
+                return {"jsonrpc": "2.0", "id": r.id, **first}
             hctx = Ctx(self.db, now, self.cfg, r.conn, self)
-            if savepoint and method.writes:
-                with boarddb.savepoint(self.db):
-                    result = HANDLERS[method.name](hctx, params)
-            else:
+            with boarddb.savepoint(self.db) if savepoint and method.writes else contextlib.nullcontext():
                 result = HANDLERS[method.name](hctx, params)
+                if seen is not None:
+                    requests.remember(self.db, now, method.name, *seen, result)
             return {"jsonrpc": "2.0", "id": r.id, "result": result}
         except RPCError as exc:
             return ipc.error_frame(r.id, exc)

@@ -57,6 +57,48 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0
         time.sleep(interval)
 
 
+#: A worker body that relays connections from ``$1`` (a socket path) to the daemon: requests a test sends
+#: through it come from a process of the run, as a worker's own would (the daemon checks the caller's pid).
+RELAY = r"""
+import os, socket, sys, threading
+path = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path + ".tmp")
+os.rename(path + ".tmp", path)
+srv.listen(8)
+def pump(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+while True:
+    c, _ = srv.accept()
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        u.connect(os.environ["KANBAN_SOCKET"])
+    except OSError:
+        c.close()
+        continue
+    threading.Thread(target=pump, args=(c, u), daemon=True).start()
+    threading.Thread(target=pump, args=(u, c), daemon=True).start()
+"""
+
+
+def relay_command(tmp: str, name: str = "relay") -> tuple[list[str], str]:
+    """A worker command that relays a socket in ``tmp`` to the daemon; returns ``(argv, socket path)``."""
+    script = os.path.join(tmp, f"{name}.py")
+    with open(script, "w") as f:
+        f.write(RELAY)
+    path = os.path.join(tmp, f"{name}-$KANBAN_RUN.sock")
+    return ["/bin/sh", "-c", f'exec {sys.executable} {script} "{path}"'], path
+
+
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
@@ -287,11 +329,13 @@ class Daemon:
             return exc
         raise AssertionError(f"{method} unexpectedly succeeded")
 
-    def raw(self, data: bytes, expect_lines: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Send raw bytes on a fresh connection; read ``expect_lines`` response lines."""
+    def raw(self, data: bytes, expect_lines: int = 1, timeout: float = 5.0, path: str | None = None
+            ) -> list[dict[str, Any]]:
+        """Send raw bytes on a fresh connection (to ``path``, default the daemon's socket); read
+        ``expect_lines`` response lines."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
-        s.connect(self.socket)
+        s.connect(path or self.socket)
         try:
             s.sendall(data)
             buf = b""

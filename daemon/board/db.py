@@ -145,6 +145,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_live_task ON runs(task_id) WHERE state != 'ended';
     CREATE INDEX runs_live_profile ON runs(profile) WHERE state != 'ended';
     """,
+    # 4 -> 5: the request memory (board/requests.py): a worker verb retried through a daemon restart
+    # is answered with its first answer instead of being applied twice. run_id is NULL for a
+    # request_id sent without a run token.
+    """
+    CREATE TABLE requests (
+        run_id TEXT,
+        request_id TEXT NOT NULL,
+        method TEXT NOT NULL,
+        response TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX requests_key ON requests(request_id, coalesce(run_id, ''));
+    CREATE INDEX requests_at ON requests(at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
