@@ -41,7 +41,8 @@ PROFILE: dict[str, Field] = {
     "command": Field("list", None, "argv of the worker; placeholders {task_id} {run_id} {title} "
                      "{workspace} {config_dir}"),
     "env": Field("dict", {}, "extra environment variables for the worker"),
-    "max_in_progress": Field("int", None, "cap on this profile's running tasks", nullable=True),
+    "max_in_progress": Field("int", None, "cap on this profile's live runs (counted like "
+                             "dispatch.max_in_progress)", nullable=True),
     "max_runtime": Field("duration", None, "kill a run after this long (TERM, then KILL)", nullable=True),
     "workspace": Field("str", None, "default workspace kind for this profile's tasks", nullable=True),
     "role": Field("choice", "worker", "worker: a run acts only on its own task (and creates tasks and links "
@@ -66,7 +67,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "path": Field("str", None, "board database; default <state_dir>/board.db", nullable=True),
     },
     "dispatch": {
-        "max_in_progress": Field("int", 8, "global cap on running tasks"),
+        "max_in_progress": Field("int", 8, "global cap on live runs: a run holds its slot from its claim until no "
+                                 "process of it is alive (a worker lingering after `kanban complete`, or taking "
+                                 "its kill_grace to stop, still counts)"),
         "failure_limit": Field("int", 2, "consecutive failures before the circuit breaker blocks a task"),
         "claim_ttl": Field("duration", 900.0, "a claim lasts this long unless extended"),
         "heartbeat_max_stale": Field("duration", 3600.0, "a run silent for longer is reclaimed as stale"),

@@ -54,7 +54,7 @@ def roles_markdown() -> str:
 #: page -> block name -> renderer. Each block sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->``.
 GENERATED = {
     "lifecycle.md": {"transitions": transitions.render_markdown, "outcomes": outcomes_markdown},
-    "architecture.md": {"roles": roles_markdown},
+    "architecture.md": {"roles": roles_markdown, "runs": runs.render_run_table},
 }
 
 
