@@ -428,6 +428,12 @@ class Dispatcher:
         """
         started, notes = [], []
         for row in plan.unprofiled(db, self.cfg) if unprofiled is None else unprofiled:
+            if row["assignee"] is None:  # once per task, like skipped_no_profile
+                if not dry_run:
+                    tasks.emit(db, now, "skipped_unassigned", row["id"])
+                    db.execute("UPDATE tasks SET skip_noted=? WHERE id=?", (plan.UNASSIGNED_NOTE, row["id"]))
+                notes.append({"task": row["id"], "reason": "unassigned and no dispatch.default_assignee"})
+                continue
             if not dry_run:
                 tasks.emit(db, now, "skipped_no_profile", row["id"], assignee=row["assignee"])
                 db.execute("UPDATE tasks SET skip_noted=assignee WHERE id=?", (row["id"],))

@@ -76,14 +76,23 @@ def candidates(conn: sqlite3.Connection, now: float, cfg: dict[str, Any]) -> lis
     return picked[:free]
 
 
+#: ``skip_noted`` value for an unassigned task already reported (an assignee is never this).
+UNASSIGNED_NOTE = "\x00unassigned"
+
+
 def unprofiled(conn: sqlite3.Connection, cfg: dict[str, Any]) -> list[sqlite3.Row]:
-    """Ready tasks whose assignee has no profile and that have not been noted yet."""
+    """Ready tasks that cannot start and have not been noted yet: an assignee with no profile,
+    or no assignee and no ``dispatch.default_assignee`` (``assignee`` is then ``None``)."""
     names = list(cfg["profiles"])
     marks = ",".join("?" * len(names))
     clause = f"AND assignee NOT IN ({marks})" if names else ""
-    return conn.execute(
+    rows = conn.execute(
         f"SELECT id, assignee FROM tasks WHERE status='ready' AND assignee IS NOT NULL {clause} "
         "AND (skip_noted IS NULL OR skip_noted != assignee)", names).fetchall()
+    if cfg["dispatch"]["default_assignee"] is None:
+        rows += conn.execute("SELECT id, assignee FROM tasks WHERE status='ready' AND assignee IS NULL "
+                             "AND skip_noted IS NULL").fetchall()
+    return rows
 
 
 def next_wake(conn: sqlite3.Connection, now: float) -> float | None:

@@ -495,3 +495,26 @@ def test_reaper_restart_readopts_running_workers(make_daemon):
         assert [r["outcome"] for r in runs(d, i)] == ["completed"]
     adopted = [e for e in d.log_events() if e.get("event") == "worker.adopted"]
     assert len(adopted) == 3
+
+
+def test_unassigned_without_default_is_noted_once(make_daemon):
+    d = make_daemon({"dispatch": {"tick": "0.2s"}})
+    un = d.cli_json("create", "nobody's")
+    wait_for(lambda: events(d, un["id"], "skipped_unassigned"), what="skipped_unassigned")
+    d.rpc("task.create", {"title": "another write", "triage": True})
+    wait_for(lambda: d.rpc("daemon.status")["uptime"] > 1.5, what="a few ticks")
+    assert len(events(d, un["id"], "skipped_unassigned")) == 1
+    # assigning it (to a profile that does not exist) resets the note: the next skip is reported again
+    d.cli("assign", un["id"], "ghost")
+    wait_for(lambda: events(d, un["id"], "skipped_no_profile"), what="skipped_no_profile after assign")
+
+
+def test_run_start_time_is_the_workers_exec_to_the_millisecond(make_daemon):
+    d = make_daemon(SLOW_TICK, start=False)
+    profiles(d, quick="kanban complete --summary quick\n")
+    d.start()
+    t = d.cli_json("create", "quick", "-a", "quick")
+    d.wait_status(t["id"], "done")
+    (r,) = wait_for(lambda: (rs := runs(d, t["id"]))[0]["state"] == "ended" and rs, what="run ended")
+    assert r["claimed_at"] <= r["started_at"] <= r["ended_at"]
+    assert r["duration"] < 0.8, f"a run of one kanban call shows {r['duration']:.3f}s"
