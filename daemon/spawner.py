@@ -110,8 +110,10 @@ def worker_env(spec: dict[str, Any], paths: dict[str, str], base: dict[str, str]
         env.pop(key, None)
     # the kanban client first, but not kanband's virtualenv: the worker's python3, pip and
     # pytest stay the user's own (paths["client_bin"] holds only a `kanban` link)
-    bindir = paths.get("client_bin") or os.path.dirname(sys.executable)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", os.defpath)
+    own = os.path.dirname(sys.executable)
+    bindir = paths.get("client_bin") or own
+    inherited = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and (p != own or bindir == own)]
+    env["PATH"] = os.pathsep.join([bindir, *inherited])
     env.update({
         "KANBAN_TASK": spec["task"],
         "KANBAN_RUN": spec["run"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from daemon import spawner
 
@@ -80,6 +81,9 @@ def test_worker_env_sets_kanban_vars_and_drops_systemd_ones():
     assert env["KANBAN_WORKSPACE"] == "/w" and env["KANBAN_BOARD"] == "/b.db" and env["MODEL"] == "x"
     assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env and env["HOME"] == "/h"
     assert env["PATH"].endswith("/usr/bin")
+    venv = os.path.dirname(sys.executable)
+    env = spawner.worker_env(spec, paths, base={"PATH": f"{venv}:/usr/bin"})
+    assert env["PATH"] == "/r/bin:/usr/bin", "an activated virtualenv of kanband's leaks into workers"
 
 
 def test_log_tail(tmp_path):
