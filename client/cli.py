@@ -22,7 +22,7 @@ import os
 import sys
 
 from client import fastargs, protocol
-from client.formats import FORMATTERS, fmt_default, fmt_event, use_color
+from client.formats import FORMATTERS, PagedList, fmt_default, fmt_event, use_color
 from client.rpc import (CONNECT_RETRY, Client, NotRunning, ServerError, call_retrying, follow_resuming,
                         new_request_id, retry_for_from_env)
 
@@ -31,6 +31,11 @@ FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kind
 #: CLI-only verbs that reuse a method with fixed params.
 EXTRA_VERBS = {"tail": ("events.follow", "Stream one task's events (the single-task form of watch)")}
 COMMA_LISTS = {"status", "kinds"}
+#: Paged methods: the param that continues a walk, and the result's list.
+PAGED = {"task.list": ("cursor", "tasks"), "events.since": ("after", "events")}
+#: ``--all`` (CLI only, for paged verbs): walk every page.
+ALL_HELP = ("fetch every page, printing each as it arrives (with --json: one JSON object per line, "
+            "JSON Lines)")
 
 
 class UsageError(Exception):
@@ -114,6 +119,8 @@ def build_parser(only: str | None = None):
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON only")
         sp.set_defaults(_method=method.name, _verb=verb)
         add_params(sp, method, verb)
+        if method.name in PAGED:
+            sp.add_argument("--all", action="store_true", help=ALL_HELP)
     return parser
 
 
@@ -190,6 +197,51 @@ def resendable(method: protocol.Method, params: dict) -> bool:
             or (method.name == "task.create" and "idempotency_key" in params))
 
 
+def walk(client: Client, method: str, params: dict, as_json: bool) -> int:
+    """``--all``: fetch page after page on one connection and print each as it arrives.
+
+    Human output is the usual table (tasks) or event lines; ``--json`` prints one JSON
+    object per task or event, one per line (JSON Lines), so the output can be consumed
+    while it streams.
+    """
+    key, items = PAGED[method]
+    color = use_color()
+    pager = PagedList(color) if method == "task.list" else None
+    seen = 0
+    try:
+        while True:
+            page = client.call(method, params)
+            if as_json:
+                text = "\n".join(json.dumps(x, separators=(",", ":")) for x in page[items])
+            elif pager is not None:
+                text = pager.page(page[items])
+            else:
+                text = "\n".join(fmt_event(e) for e in page[items])
+            seen += len(page[items])
+            if text:
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
+            if page.get("next_cursor") is None:
+                break
+            params[key] = page["next_cursor"]
+        if not as_json and not seen:
+            print("no tasks" if pager is not None else "no events")
+    except BrokenPipeError:  # `kanban list --all | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def more_hint(verb: str, method: str, result: dict) -> str | None:
+    """The stderr line that says how to see the rest of a paged answer, or ``None``."""
+    if method not in PAGED or not isinstance(result, dict) or result.get("next_cursor") is None:
+        return None
+    if method == "task.list":
+        return (f"kanban: showing {len(result['tasks'])} of {result['total']} tasks; "
+                f"`kanban {verb} --all` lists every one")
+    return (f"kanban: more events after #{result['next_cursor']}; `kanban {verb} {result['next_cursor']}` "
+            f"shows the next page, `kanban {verb} --all` all of them")
+
+
 def pick_verb(argv: list[str]) -> str | None:
     skip = False
     for a in argv:
@@ -209,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     first = pick_verb(argv)
     known = {v.split()[0] for v in verbs()}
+    walk_all = False
+    if first in verbs() and verbs()[first][0].name in PAGED and "--all" in argv[argv.index(first):] \
+            and "--help" not in argv and "-h" not in argv:
+        walk_all = True
+        at = argv.index(first)
+        argv = argv[:at] + [a for a in argv[at:] if a != "--all"]
     try:
         ns = fastargs.parse(argv, verbs(), FLAG_NAMES, COMMA_LISTS)
         if ns is None:
@@ -234,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if method.stream:
             return stream(None if worker else Client(ns.socket), ns.socket, ns._verb, params, as_json, retry_for)
+        if walk_all:
+            with Client(ns.socket) as client:
+                return walk(client, ns._method, params, as_json)
         if worker:
             result = call_retrying(ns._method, params, ns.socket, retry_for=retry_for,
                                    resend=resendable(method, params))
@@ -258,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         out = fmt(result, use_color())
         if out:
             print(out)
+    hint = more_hint(ns._verb, ns._method, result)
+    if hint:
+        print(hint, file=sys.stderr)
     return 0
 
 

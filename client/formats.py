@@ -58,15 +58,53 @@ def fmt_task_line(t: dict) -> str:
     return f"{t['id']}  {t['status']:<8} {t['title']}"
 
 
+LIST_HEADER = ["id", "status", "pri", "assignee", "updated", "title"]
+
+
+def list_rows(tasks: list[dict], color: bool) -> list[list[str]]:
+    return [[t["id"], paint(t["status"], t["status"], color), str(t["priority"]), t["assignee"] or "-",
+             ago(t["updated_at"]), t["title"]] for t in tasks]
+
+
 def fmt_list(r: dict, color: bool) -> str:
-    rows = [[t["id"], paint(t["status"], t["status"], color), str(t["priority"]), t["assignee"] or "-",
-             ago(t["updated_at"]), t["title"]] for t in r["tasks"]]
+    rows = list_rows(r["tasks"], color)
     if not rows:
         return "no tasks"
-    out = table(rows, ["id", "status", "pri", "assignee", "updated", "title"])
+    out = table(rows, LIST_HEADER)
     if r["total"] > len(rows):
         out += f"\n({len(rows)} of {r['total']} shown)"
     return out
+
+
+class PagedList:
+    """``kanban list --all``: the task table printed page by page as the pages arrive.
+
+    Column widths come from the header and the first page; a longer cell on a later page
+    pushes its line's later columns right instead of holding the whole output back.
+    """
+
+    def __init__(self, color: bool) -> None:
+        self.color = color
+        self.widths: list[int] | None = None
+        self.count = 0
+
+    def page(self, tasks: list[dict]) -> str:
+        """The lines for one page (the header first, with the first page), or ``""``."""
+        rows = list_rows(tasks, self.color)
+        self.count += len(rows)
+        if not rows:
+            return ""
+        lines = []
+        if self.widths is None:
+            self.widths = [max(len(strip_ansi(r[i])) for r in [LIST_HEADER, *rows])
+                           for i in range(len(LIST_HEADER))]
+            lines.append("  ".join(h.upper().ljust(w) for h, w in zip(LIST_HEADER, self.widths)).rstrip())
+        for r in rows:
+            lines.append("  ".join(c + " " * (w - len(strip_ansi(c))) for c, w in zip(r, self.widths)).rstrip())
+        return "\n".join(lines)
+
+    def end(self) -> str:
+        return "" if self.count else "no tasks"
 
 
 def fmt_show(r: dict, color: bool) -> str:

@@ -7,14 +7,107 @@ the ``kanban`` client builds its argument parser from it, and
 Stdlib only: the client imports this module and must start fast.
 
 Wire format: JSON-RPC 2.0, one JSON object per line (newline-delimited),
-over a Unix stream socket. Frames over ``MAX_FRAME`` bytes are refused.
+over a Unix stream socket. Frames over ``MAX_FRAME`` bytes are refused, and so
+are frames nested deeper than ``MAX_DEPTH`` and non-standard numbers (``NaN``,
+``Infinity``, floats that overflow): every peer parses with :func:`loads` and
+encodes with ``allow_nan=False``. :func:`check_params` bounds every parameter
+(text length and validity, integer ranges, list sizes) so bad input is always
+``invalid_params`` naming the field.
 """
 
 from __future__ import annotations
 
+import json
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20  # 1 MiB, newline included
+MAX_DEPTH = 64  # nesting of arrays and objects in one frame
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+#: Defaults for :class:`Param` bounds when a declaration gives none.
+STR_MAX = 1024  # bytes of UTF-8
+FLOAT_MAX = float(1 << 53)
+LIST_MAX = 10_000  # items
+DICT_DEPTH = 16  # nesting inside a dict parameter (metadata)
+KIB = 1024
+
+
+# --- strict JSON ---------------------------------------------------------------
+
+
+class FrameError(ValueError):
+    """A frame that is not JSON kanband accepts; the message says why."""
+
+
+def _no_constant(name: str) -> object:
+    raise FrameError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # inf or nan
+        raise FrameError(f"number {text[:32]} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_TO_SQUARE = bytes.maketrans(b"{}", b"[]")
+
+
+def too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``data`` may nest arrays/objects deeper than ``limit`` (brackets in strings ignored).
+
+    A pre-scan that runs in C-speed passes: it never recurses, so a hostile frame cannot
+    exhaust the stack. ``True`` is exact for valid JSON; for unbalanced input it may also be
+    ``True``, which :func:`loads` then reports as a parse error either way.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    outside = b"".join(data.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')[::2])
+    rest = outside.translate(_TO_SQUARE, _NOT_BRACKETS)
+    deep = b"[" * (limit + 1)
+    for _ in range(limit):  # each pass removes the innermost pairs: one level
+        if deep in rest:
+            return True
+        shorter = rest.replace(b"[]", b"")
+        if len(shorter) == len(rest):
+            break
+        rest = shorter
+    return b"[" in rest
+
+
+def loads(data: bytes | str) -> object:
+    """Parse one frame strictly.
+
+    Args:
+        data: One line (UTF-8 bytes, or str), without or with its newline.
+
+    Returns:
+        The decoded value.
+
+    Raises:
+        FrameError: Not valid UTF-8 or JSON, a non-standard number (``NaN``,
+            ``Infinity``, overflowing floats), or nested deeper than ``MAX_DEPTH``.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    deep = too_deep(raw)
+    try:
+        text = raw.decode("utf-8")
+        if deep:
+            _DECODER.decode(text)  # only to tell "invalid" from "too deep"; recursion bounded below
+            raise FrameError(f"nested deeper than {MAX_DEPTH} levels")
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise FrameError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except FrameError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limits
+        raise FrameError(str(exc)) from None
+
+
+def dumps(obj: object) -> str:
+    """Encode compactly for the wire; ``ValueError`` on NaN/Infinity, never invalid JSON."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 # --- error codes -------------------------------------------------------------
 
@@ -42,10 +135,10 @@ ERRORS: dict[str, int] = {
 ERROR_NAMES: dict[int, str] = {code: name for name, code in ERRORS.items()}
 
 ERROR_DOCS: dict[str, str] = {
-    "parse_error": "the frame is not valid JSON",
+    "parse_error": "the frame is not valid UTF-8 JSON, uses NaN/Infinity, or nests deeper than MAX_DEPTH",
     "invalid_request": "the frame is JSON but not a JSON-RPC 2.0 request object",
     "method_not_found": "no such method in the registry",
-    "invalid_params": "a parameter is missing, unknown or of the wrong type; data.field names it",
+    "invalid_params": "a parameter is missing, unknown, of the wrong type or out of bounds; data.field names it",
     "internal_error": "a bug in kanband; the request was rolled back and the daemon kept running",
     "not_found": "a task, run or subscription id does not exist; data.id names it",
     "illegal_transition": "the task's status does not allow the move; data has task, status, move",
@@ -112,9 +205,15 @@ class Param:
             (``--name``), ``""`` (not on the command line).
         short: Optional one-letter alias for a flag.
         env: Environment variable the client falls back to (worker context).
+        max_len: Longest accepted text in UTF-8 bytes (str params, and each item of a list);
+            default ``STR_MAX``.
+        min: Smallest accepted number (int and float params); default ``INT64_MIN`` or ``-FLOAT_MAX``.
+        max: Largest accepted number; default ``INT64_MAX`` or ``FLOAT_MAX``.
+        max_items: Most items in a list param; default ``LIST_MAX``.
     """
 
-    __slots__ = ('name', 'type', 'required', 'doc', 'nullable', 'choices', 'cli', 'short', 'env')
+    __slots__ = ('name', 'type', 'required', 'doc', 'nullable', 'choices', 'cli', 'short', 'env',
+                 'max_len', 'min', 'max', 'max_items')
 
     def __init__(
         self,
@@ -127,6 +226,10 @@ class Param:
         cli: str = "flag",
         short: str = "",
         env: str = "",
+        max_len: int = STR_MAX,
+        min: float | None = None,
+        max: float | None = None,
+        max_items: int = LIST_MAX,
     ) -> None:
         self.name = name
         self.type = type
@@ -137,6 +240,10 @@ class Param:
         self.cli = cli
         self.short = short
         self.env = env
+        self.max_len = max_len
+        self.min = min if min is not None else (INT64_MIN if type == "int" else -FLOAT_MAX)
+        self.max = max if max is not None else (INT64_MAX if type == "int" else FLOAT_MAX)
+        self.max_items = max_items
 
     def __repr__(self) -> str:
         return f"Param({self.name!r})"
@@ -192,6 +299,17 @@ def _p(name: str, type_: str, doc: str, **kw: object) -> Param:
     return Param(name=name, type=type_, doc=doc, **kw)
 
 
+#: Bounds shared by several declarations.
+_BODY = 256 * KIB  # task bodies, comments, results
+_SUMMARY = 64 * KIB  # summaries, error texts, log tails
+_REASON = 4 * KIB  # block reasons, heartbeat notes
+_INT32 = {"min": -(1 << 31), "max": (1 << 31) - 1}
+_PID = {"min": 1, "max": (1 << 31) - 1}
+_EVENT_ID = {"min": 0, "max": INT64_MAX}
+LIST_PAGE = 500  # task.list page size when the request gives no limit
+EVENTS_PAGE = 1000  # events.since page size when the request gives no limit
+PAGE_MAX = 10_000  # largest limit accepted by task.list and events.since
+
 _ID = _p("id", "str", "task id (t_xxxxxxxx)", required=True, cli="pos")
 _ID_ENV = _p("id", "str", "task id; defaults to $KANBAN_TASK inside a worker", cli="pos*", env="KANBAN_TASK")
 _IDS_ENV = _p("ids", "list", "task ids; defaults to $KANBAN_TASK inside a worker", cli="pos*", env="KANBAN_TASK")
@@ -212,16 +330,16 @@ _METHOD_LIST: tuple[Method, ...] = (
         "task.create", "Create a task; it starts ready, or todo while a parent is open",
         params=(
             _p("title", "str", "short title", required=True, cli="pos"),
-            _p("body", "str", "longer description", short="b"),
+            _p("body", "str", "longer description", short="b", max_len=_BODY),
             _p("assignee", "str", "profile name that should run it", short="a"),
-            _p("priority", "int", "higher runs first (default 0)", short="p"),
+            _p("priority", "int", "higher runs first (default 0)", short="p", **_INT32),
             _p("tenant", "str", "namespace for multi-project boards"),
             _p("parents", "list", "parent task ids (repeatable --parent)"),
             _p("triage", "bool", "park in triage until promoted"),
             _p("idempotency_key", "str", "same key on a live task returns it instead of creating"),
             _p("max_runtime", "str", "override the profile's max runtime (e.g. 30m)"),
-            _p("max_retries", "int", "consecutive failures before giving up"),
-            _p("workspace", "str", "scratch (default), dir:/abs/path or worktree"),
+            _p("max_retries", "int", "consecutive failures before giving up", min=0, max=1000),
+            _p("workspace", "str", "scratch (default), dir:/abs/path or worktree", max_len=4100),
             _p("created_by", "str", "who filed it (default: $USER)"),
             _p("notify", "list", "sinks to subscribe at creation (repeatable --notify)"),
         ),
@@ -235,9 +353,12 @@ _METHOD_LIST: tuple[Method, ...] = (
             _p("tenant", "str", "only this tenant"),
             _p("archived", "bool", "include archived tasks"),
             _p("sort", "str", "ordering", choices=("priority", "created", "updated", "id")),
-            _p("limit", "int", "at most this many rows", short="n"),
+            _p("limit", "int", f"page size (default {LIST_PAGE}; a page also stops at about 1 MiB)", short="n",
+               min=1, max=PAGE_MAX),
+            _p("cursor", "str", "continue after the page that returned this next_cursor"),
         ),
-        result="{tasks: [task], total}", verb="list", aliases=("ls",),
+        result="{tasks: [task], total, next_cursor}: next_cursor is null on the last page, else pass it as "
+               "cursor (with the same filters and sort) for the next one", verb="list", aliases=("ls",),
     ),
     Method(
         "task.show", "Show a task with its parents, children, comments, runs and recent events",
@@ -264,21 +385,22 @@ _METHOD_LIST: tuple[Method, ...] = (
     ),
     Method(
         "task.comment", "Add a comment to a task",
-        params=(_ID, _p("body", "str", "comment text", required=True, cli="pos"),
+        params=(_ID, _p("body", "str", "comment text", required=True, cli="pos", max_len=_BODY),
                 _p("author", "str", "who says it (default: $USER)"), _RUN_KEY, _REQUEST_ID),
         result="comment object", errors=("not_found",), writes=True, verb="comment",
     ),
     Method(
         "task.complete", "Mark tasks done (inside a worker: the current task)",
-        params=(_IDS_ENV, _p("summary", "str", "what was done", short="m"),
-                _p("result", "str", "machine-readable result text"),
+        params=(_IDS_ENV, _p("summary", "str", "what was done", short="m", max_len=_SUMMARY),
+                _p("result", "str", "machine-readable result text", max_len=_BODY),
                 _p("metadata", "dict", "JSON object stored on the run"), _RUN, _REQUEST_ID),
         result="{tasks: [task], promoted: [id]}",
         errors=("not_found", "illegal_transition", "conflict", "stale_token"), writes=True, verb="complete",
     ),
     Method(
         "task.block", "Block tasks with a reason; sticky until unblocked",
-        params=(_IDS_ENV, _p("reason", "str", "why", required=True, short="r"), _RUN, _REQUEST_ID),
+        params=(_IDS_ENV, _p("reason", "str", "why", required=True, short="r", max_len=_REASON), _RUN,
+                _REQUEST_ID),
         result="{tasks: [task]}", errors=("not_found", "illegal_transition", "stale_token"),
         writes=True, verb="block",
     ),
@@ -290,13 +412,13 @@ _METHOD_LIST: tuple[Method, ...] = (
     Method(
         "task.kill", "End tasks' current runs now (TERM, KILL after kill_grace); requeued, or blocked with --block",
         params=(_p("ids", "list", "task ids", required=True, cli="pos+"),
-                _p("block", "str", "block the task with this reason instead of requeueing it")),
+                _p("block", "str", "block the task with this reason instead of requeueing it", max_len=_REASON)),
         result="{tasks: [task]}", errors=("not_found", "illegal_transition"), writes=True, verb="kill",
     ),
     Method(
         "task.retry", "Clear a task's retry backoff or rate-limit cooldown; requeue a blocked or gave-up task",
         params=(_p("ids", "list", "task ids", required=True, cli="pos+"),
-                _p("reason", "str", "why (recorded in the event)", short="r")),
+                _p("reason", "str", "why (recorded in the event)", short="r", max_len=_REASON)),
         result="{tasks: [task]}", errors=("not_found", "illegal_transition"), writes=True, verb="retry",
     ),
     Method(
@@ -312,13 +434,13 @@ _METHOD_LIST: tuple[Method, ...] = (
     ),
     Method(
         "task.edit", "Edit a task's title, body or priority",
-        params=(_ID, _p("title", "str", "new title"), _p("body", "str", "new body", short="b"),
-                _p("priority", "int", "new priority", short="p")),
+        params=(_ID, _p("title", "str", "new title"), _p("body", "str", "new body", short="b", max_len=_BODY),
+                _p("priority", "int", "new priority", short="p", **_INT32)),
         result="task object", errors=("not_found",), writes=True, verb="edit",
     ),
     Method(
         "task.heartbeat", "Worker heartbeat: extends the claim on the current run",
-        params=(_ID_ENV, _RUN, _p("note", "str", "progress note"), _REQUEST_ID),
+        params=(_ID_ENV, _RUN, _p("note", "str", "progress note", max_len=_REASON), _REQUEST_ID),
         result="{task, run, claim_expires}", errors=("not_found", "stale_token", "illegal_transition"),
         writes=True, verb="heartbeat",
     ),
@@ -328,7 +450,7 @@ _METHOD_LIST: tuple[Method, ...] = (
     ),
     Method(
         "task.log", "Show a task's worker log",
-        params=(_ID, _p("tail", "int", "only the last BYTES bytes")),
+        params=(_ID, _p("tail", "int", "only the last BYTES bytes", min=0)),
         result="{path, text, size, truncated}", errors=("not_found",), verb="log",
     ),
     Method(
@@ -337,9 +459,12 @@ _METHOD_LIST: tuple[Method, ...] = (
     ),
     Method(
         "events.since", "Events with id greater than AFTER, oldest first",
-        params=(_p("after", "int", "event id to start after (default 0)", cli="pos*"),
-                _p("task", "str", "only this task"), _p("limit", "int", "at most this many", short="n")),
-        result="{events: [event], last_id}", verb="events",
+        params=(_p("after", "int", "event id to start after (default 0)", cli="pos*", **_EVENT_ID),
+                _p("task", "str", "only this task"),
+                _p("limit", "int", f"page size (default {EVENTS_PAGE}; a page also stops at about 1 MiB)",
+                   short="n", min=1, max=PAGE_MAX)),
+        result="{events: [event], last_id, next_cursor}: next_cursor is null on the last page, else pass it "
+               "as after for the next one", verb="events",
     ),
     Method(
         "events.follow", "Stream events as they happen (server push)",
@@ -347,7 +472,7 @@ _METHOD_LIST: tuple[Method, ...] = (
                 _p("descendants", "bool", "with --task: include child tasks"),
                 _p("assignee", "str", "only this assignee"), _p("tenant", "str", "only this tenant"),
                 _p("kinds", "list", "only these event kinds"),
-                _p("after", "int", "replay events after this id first")),
+                _p("after", "int", "replay events after this id first", **_EVENT_ID)),
         result="{following, last_id}; then notifications {method: 'event', params: event}",
         stream=True, verb="watch",
     ),
@@ -390,21 +515,21 @@ _METHOD_LIST: tuple[Method, ...] = (
     # ---- internal: daemon roles talking to the dispatcher -------------------
     Method(
         "reaper.attach", "The reaper announces itself; the dispatcher answers with the active runs",
-        params=(_p("pid", "int", "reaper pid", required=True),
+        params=(_p("pid", "int", "reaper pid", required=True, **_PID),
                 _p("tracked", "list", "run ids the reaper already watches")),
         result="{runs: [run]}; then notifications spawn/kill", internal=True, stream=True, writes=True,
     ),
     Method(
         "run.starting", "The reaper forked a run's wrapper (claimed -> starting)",
-        params=(_p("run", "str", "run id", required=True), _p("pid", "int", "wrapper pid", required=True)),
+        params=(_p("run", "str", "run id", required=True), _p("pid", "int", "wrapper pid", required=True, **_PID)),
         result="{ok, state}", internal=True, writes=True,
     ),
     Method(
         "run.started", "The reaper reports that a worker exec'd (-> running)",
-        params=(_p("run", "str", "run id", required=True), _p("pid", "int", "wrapper pid", required=True),
-                _p("start_time", "float", "wrapper process start time", required=True),
-                _p("worker_pid", "int", "worker pid", nullable=True),
-                _p("exec_at", "float", "wall-clock time of the worker's exec", nullable=True)),
+        params=(_p("run", "str", "run id", required=True), _p("pid", "int", "wrapper pid", required=True, **_PID),
+                _p("start_time", "float", "wrapper process start time", required=True, min=0),
+                _p("worker_pid", "int", "worker pid", nullable=True, **_PID),
+                _p("exec_at", "float", "wall-clock time of the worker's exec", nullable=True, min=0)),
         result="{ok, state}", internal=True, writes=True,
     ),
     Method(
@@ -415,34 +540,36 @@ _METHOD_LIST: tuple[Method, ...] = (
     Method(
         "run.exited", "The reaper reports how a worker ended",
         params=(_p("run", "str", "run id", required=True),
-                _p("exit_code", "int", "exit code", nullable=True),
-                _p("signal", "int", "terminating signal", nullable=True),
+                _p("exit_code", "int", "exit code", nullable=True, **_INT32),
+                _p("signal", "int", "terminating signal", nullable=True, min=0, max=255),
                 _p("timed_out", "bool", "killed for overrunning max_runtime"),
                 _p("killed_for", "str", "why the daemon killed it (stale, reclaim, shutdown)", nullable=True),
-                _p("spawn_error", "str", "why it could not start", nullable=True),
-                _p("lost", "str", "why the status is unknowable", nullable=True),
-                _p("log_tail", "str", "last bytes of the log"),
-                _p("ended_at", "float", "when it ended"),
-                _p("retry_after", "float", "seconds the worker asked to wait after exit 75", nullable=True)),
+                _p("spawn_error", "str", "why it could not start", nullable=True, max_len=_SUMMARY),
+                _p("lost", "str", "why the status is unknowable", nullable=True, max_len=_SUMMARY),
+                _p("log_tail", "str", "last bytes of the log", max_len=_SUMMARY),
+                _p("ended_at", "float", "when it ended", min=0),
+                _p("retry_after", "float", "seconds the worker asked to wait after exit 75", nullable=True,
+                   min=0)),
         result="{outcome}", internal=True, writes=True,
     ),
     Method(
         "notifier.attach", "The notifier announces itself; returns sinks' cursors",
-        params=(_p("pid", "int", "notifier pid", required=True),),
+        params=(_p("pid", "int", "notifier pid", required=True, **_PID),),
         result="{sinks: {name: state}, last_id}", internal=True, writes=True,
     ),
     Method(
         "notifier.ack", "Advance a sink's cursor (or record a failure)",
         params=(_p("sink", "str", "sink name", required=True),
-                _p("cursor", "int", "new cursor (event id delivered)"),
+                _p("cursor", "int", "new cursor (event id delivered)", **_EVENT_ID),
                 _p("failed", "bool", "the delivery failed"),
-                _p("error", "str", "failure message"),
+                _p("error", "str", "failure message", max_len=_SUMMARY),
                 _p("paused", "bool", "the sink is now paused")),
         result="sink state", internal=True, writes=True,
     ),
     Method(
         "notifier.pending", "Events a sink should deliver after its cursor, matched to subscriptions",
-        params=(_p("sink", "str", "sink name", required=True), _p("limit", "int", "at most this many")),
+        params=(_p("sink", "str", "sink name", required=True),
+                _p("limit", "int", "at most this many", min=1, max=PAGE_MAX)),
         result="{events: [event], cursor}", internal=True,
     ),
 )
@@ -450,8 +577,75 @@ _METHOD_LIST: tuple[Method, ...] = (
 METHODS: dict[str, Method] = {m.name: m for m in _METHOD_LIST}
 
 
+def text_problem(value: str, max_len: int) -> str | None:
+    """Why ``value`` is not acceptable text, or ``None``.
+
+    Text must be valid Unicode scalar values (no lone surrogates, which JSON's ``\\ud800``
+    escapes can smuggle in), contain no NUL, and be at most ``max_len`` bytes of UTF-8.
+    """
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid Unicode (lone surrogate)"
+    if size > max_len:
+        return f"is too long ({size} bytes, at most {max_len})"
+    if "\x00" in value:
+        return "contains a NUL character"
+    return None
+
+
+def _number_problem(value: int | float, lo: float, hi: float) -> str | None:
+    if not lo <= value <= hi:
+        return f"is out of range ({_num(lo)}..{_num(hi)})"
+    return None
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _nested_problem(value: object, depth: int = 0) -> str | None:
+    """Check what a dict param holds, iteratively bounded by ``DICT_DEPTH``."""
+    stack = [(value, depth)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, str):
+            bad = text_problem(v, MAX_FRAME)
+            if bad:
+                return f"holds a string that {bad}"
+        elif isinstance(v, bool) or v is None:
+            continue
+        elif isinstance(v, int):
+            if not INT64_MIN <= v <= INT64_MAX:
+                return "holds an integer outside signed 64-bit"
+        elif isinstance(v, (dict, list)):
+            if d >= DICT_DEPTH:
+                return f"is nested deeper than {DICT_DEPTH} levels"
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    bad = text_problem(k, STR_MAX)
+                    if bad:
+                        return f"holds a key that {bad}"
+                    stack.append((item, d + 1))
+            else:
+                stack.extend((item, d + 1) for item in v)
+    return None
+
+
+def safe_name(key: object) -> str:
+    """``key`` if it is short, valid text, else an ASCII rendering: error data never carries bad text."""
+    if isinstance(key, str) and len(key) <= 64 and text_problem(key, 256) is None:
+        return key
+    return ascii(key)[:66]
+
+
 def check_params(method: Method, params: object) -> dict:
     """Validate a request's params against the declaration.
+
+    Types, then bounds: text is valid Unicode without NUL and at most ``Param.max_len``
+    bytes; numbers lie in ``Param.min``..``Param.max`` (signed 64-bit at most); lists hold
+    at most ``Param.max_items`` valid strings; a dict (metadata) nests at most
+    ``DICT_DEPTH`` levels and holds only valid text and 64-bit integers.
 
     Args:
         method: The declared method.
@@ -461,7 +655,7 @@ def check_params(method: Method, params: object) -> dict:
         The params as a dict containing only declared names.
 
     Raises:
-        RPCError: ``invalid_params`` naming the offending field.
+        RPCError: ``invalid_params`` naming the offending field (``data.field``).
     """
     if params is None:
         params = {}
@@ -471,7 +665,8 @@ def check_params(method: Method, params: object) -> dict:
     declared = {p.name: p for p in method.params}
     for key in params:
         if key not in declared:
-            raise RPCError("invalid_params", f"{method.name}: unknown parameter {key!r}", field=key)
+            raise RPCError("invalid_params", f"{method.name}: unknown parameter {ascii(key)[:66]}",
+                           field=safe_name(key))
     for p in method.params:
         if p.name not in params or params[p.name] is None:
             if p.required and not (p.nullable and p.name in params):
@@ -490,14 +685,77 @@ def check_params(method: Method, params: object) -> dict:
             raise RPCError("invalid_params",
                            f"{method.name}: parameter {p.name!r} must be {p.type}, got {type(value).__name__}",
                            field=p.name)
-        if p.type == "list" and not all(isinstance(v, str) for v in value):
-            raise RPCError("invalid_params", f"{method.name}: parameter {p.name!r} must be a list of strings",
-                           field=p.name)
+        bad = _value_problem(p, value)
+        if bad:
+            raise RPCError("invalid_params", f"{method.name}: parameter {p.name!r} {bad}", field=p.name)
         if p.choices and value not in p.choices:
             raise RPCError("invalid_params",
                            f"{method.name}: parameter {p.name!r} must be one of {', '.join(p.choices)}",
                            field=p.name)
     return dict(params)
+
+
+def _value_problem(p: Param, value: object) -> str | None:
+    """Why a value of the right type is still unacceptable for ``p``, or ``None``."""
+    if p.type == "str":
+        return text_problem(value, p.max_len)
+    if p.type in ("int", "float"):
+        return _number_problem(value, p.min, p.max)
+    if p.type == "list":
+        if len(value) > p.max_items:
+            return f"has too many items ({len(value)}, at most {p.max_items})"
+        for item in value:
+            if not isinstance(item, str):
+                return "must be a list of strings"
+            bad = text_problem(item, p.max_len)
+            if bad:
+                return f"holds an item that {bad}"
+        return None
+    if p.type == "dict":
+        return _nested_problem(value)
+    return None
+
+
+def limits_markdown() -> list[str]:
+    """The limits every request is held to, for ``docs/protocol.md``."""
+    return [
+        "## Limits",
+        "",
+        "Every peer (the daemon, its roles, the `kanban` client) parses frames strictly and encodes",
+        "with `allow_nan=False`, so nothing that is not standard JSON is accepted or sent.",
+        "",
+        "| limit | value | error |",
+        "|---|---|---|",
+        f"| frame size, newline included | {MAX_FRAME} bytes | `frame_too_large` |",
+        f"| nesting of arrays and objects in a frame | {MAX_DEPTH} levels | `parse_error` |",
+        "| `NaN`, `Infinity`, floats that overflow, integers over 4300 digits | refused | `parse_error` |",
+        "| request `id` | a string of at most 256 bytes, a signed 64-bit integer, a finite number, "
+        "or null | `invalid_request` |",
+        f"| text params | valid Unicode (no lone surrogates), no NUL, at most {STR_MAX} bytes of UTF-8 "
+        "unless the param says otherwise | `invalid_params` |",
+        "| integer params | signed 64-bit unless the param says otherwise | `invalid_params` |",
+        f"| list params | at most {LIST_MAX} strings, each held to the text rules | `invalid_params` |",
+        f"| dict params (metadata) | nesting at most {DICT_DEPTH} levels; strings held to the text rules; "
+        "integers signed 64-bit | `invalid_params` |",
+        "",
+        f"Large answers come in pages: `task.list` returns {LIST_PAGE} tasks by default and "
+        f"`events.since` {EVENTS_PAGE} events (at most {PAGE_MAX}; a page also stops after about 1 MiB).",
+        "Each result carries `next_cursor`: null on the last page, otherwise the value to pass back",
+        "(`cursor` for `task.list`, `after` for `events.since`) for the next page. `task.list` pages",
+        "use a keyset over the sort key and the task id, so the order stays stable while you walk it.",
+        "",
+    ]
+
+
+def _param_limits(p: Param) -> str:
+    if p.type == "str":
+        return f"≤ {p.max_len} B" if p.max_len != STR_MAX else ""
+    if p.type in ("int", "float"):
+        default = (INT64_MIN, INT64_MAX) if p.type == "int" else (-FLOAT_MAX, FLOAT_MAX)
+        return "" if (p.min, p.max) == default else f"{_num(p.min)}..{_num(p.max)}"
+    if p.type == "list" and p.max_items != LIST_MAX:
+        return f"≤ {p.max_items} items"
+    return ""
 
 
 def render_markdown() -> str:
@@ -519,6 +777,7 @@ def render_markdown() -> str:
     ]
     for name, code in ERRORS.items():
         out.append(f"| `{name}` | {code} | {ERROR_DOCS[name]} |")
+    out += ["", *limits_markdown()]
     for internal in (False, True):
         out += ["", "## Internal methods (daemon roles)" if internal else "## Methods", ""]
         for m in _METHOD_LIST:
@@ -527,10 +786,10 @@ def render_markdown() -> str:
             cli = f" — CLI: `kanban {m.verb}`" if m.verb else ""
             out += [f"### `{m.name}`{cli}", "", m.doc + ".", ""]
             if m.params:
-                out += ["| param | type | required | doc |", "|---|---|---|---|"]
+                out += ["| param | type | required | limits | doc |", "|---|---|---|---|---|"]
                 for p in m.params:
                     out.append(f"| `{p.name}` | {p.type}{' or null' if p.nullable else ''} | "
-                               f"{'yes' if p.required else 'no'} | {p.doc} |")
+                               f"{'yes' if p.required else 'no'} | {_param_limits(p)} | {p.doc} |")
                 out.append("")
             out.append(f"Result: {m.result}.")
             if m.errors:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import errno
 import itertools
-import json
 import os
 import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+
+from client.protocol import FrameError, dumps, loads
 
 CONNECT_RETRY = 2.0  # seconds: an operator's verb rides out a quick daemon restart
 #: Seconds a worker's request keeps retrying through a daemon restart (``$KANBAN_RETRY_FOR``).
@@ -97,18 +98,41 @@ class Client:
     def send(self, method: str, params: dict | None = None) -> int:
         rid = next(self.ids)
         frame = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}
-        self.sock.sendall(json.dumps(frame, separators=(",", ":")).encode() + b"\n")
+        self.sock.sendall(dumps(frame).encode() + b"\n")
         return rid
 
     def read(self) -> dict:
-        """The next frame from the daemon (a response or a pushed notification)."""
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
+        """The next frame from the daemon (a response or a pushed notification).
+
+        Parsed strictly (:func:`client.protocol.loads`), so a hostile or broken server cannot
+        crash the client with deep nesting or non-standard numbers.
+
+        Raises:
+            NotRunning: The daemon closed the connection.
+            ServerError: ``parse_error``: the frame is not a JSON object kanband may send.
+        """
+        if not isinstance(self.buf, bytearray):
+            self.buf = bytearray(self.buf)
+        buf = self.buf
+        nl = buf.find(b"\n")
+        while nl < 0:  # search only the new bytes: large answers stay linear
+            start = len(buf)
+            chunk = self.sock.recv(1 << 18)
             if not chunk:
                 raise NotRunning("kanband closed the connection")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
+            buf += chunk
+            nl = buf.find(b"\n", start)
+        line = bytes(buf[:nl])
+        del buf[:nl + 1]
+        try:
+            msg = loads(line)
+        except FrameError as exc:
+            raise ServerError({"code": -32700, "message": f"kanband sent an invalid frame: {exc}",
+                               "data": {"name": "parse_error"}}) from None
+        if not isinstance(msg, dict):
+            raise ServerError({"code": -32700, "message": "kanband sent a frame that is not a JSON object",
+                               "data": {"name": "parse_error"}})
+        return msg
 
     def call(self, method: str, params: dict | None = None) -> object:
         """Send a request and return its result.
@@ -126,10 +150,10 @@ class Client:
             msg = self.read()
             if msg.get("id") == rid:
                 if "error" in msg:
-                    raise ServerError(msg["error"])
-                return msg["result"]
+                    raise ServerError(_error_object(msg["error"]))
+                return msg.get("result")
             if msg.get("id") is None and "error" in msg:
-                raise ServerError(msg["error"])
+                raise ServerError(_error_object(msg["error"]))
 
     def follow(self, params: dict | None = None):
         """``events.follow``: yields events as the daemon pushes them."""
@@ -139,6 +163,14 @@ class Client:
             msg = self.read()
             if msg.get("method") == "event":
                 yield msg["params"]
+
+
+def _error_object(err: object) -> dict:
+    """A server's error member, shaped so :class:`ServerError` can read it."""
+    if isinstance(err, dict) and isinstance(err.get("data", {}), dict):
+        return err
+    return {"code": None, "message": f"kanband sent a malformed error: {str(err)[:200]}",
+            "data": {"name": "parse_error"}}
 
 
 def call(method: str, params: dict | None = None, path: str | None = None) -> object:

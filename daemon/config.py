@@ -108,9 +108,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "worker_log_max": Field("bytes", 2 * 1024 * 1024, "rotate a worker log past this size"),
     },
     "server": {
-        "idle_timeout": Field("duration", 300.0, "close a client connection idle this long"),
+        "idle_timeout": Field("duration", 300.0, "close a client connection idle this long (roles and "
+                              "followers excepted)"),
         "request_timeout": Field("duration", 10.0, "close a client that sends half a frame for this long"),
-        "max_clients": Field("int", 256, "refuse connections beyond this many"),
+        "first_request_timeout": Field("duration", 5.0, "close a connection that sends no request within "
+                                       "this long after connecting"),
+        "max_clients": Field("int", 256, "open connections at most; a newcomer beyond this evicts the "
+                             "longest-idle client that is not a role or a follower, or is refused if none"),
     },
     "supervisor": {
         "heartbeat_interval": Field("duration", 5.0, "roles heartbeat the supervisor this often"),

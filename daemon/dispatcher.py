@@ -32,9 +32,6 @@ from daemon.handlers import HANDLERS, Ctx
 
 log = structlog.get_logger()
 
-#: How often idle and half-sent connections are looked for (their timeouts are 10 s and more).
-SWEEP_EVERY = 5.0
-
 SHOW_CACHE_MAX = 4096
 
 #: Event kinds after which a dispatch pass may find something new to start.
@@ -110,12 +107,19 @@ class Dispatcher:
         now = time.time()
         n_writes = sum(1 for r in reqs if r.method in METHODS and METHODS[r.method].writes)
         in_tx = n_writes > 0
-        out: list[tuple[ipc.Request, dict[str, Any]]] = []
+        out: list[tuple[ipc.Request, dict[str, Any] | bytes]] = []
+        budget, deferred = self.server.budget(), []  # a client not reading its answers waits
         if in_tx:
             self.db.execute("BEGIN IMMEDIATE")
         for r in reqs:
+            if not budget.allows(r.conn):
+                deferred.append(r)
+                continue
             if not in_tx and r.method == "task.show":
-                out.append((r, self._show_frame(r, now)))
+                frame = self._show_frame(r, now)
+                frame = ipc.encode(frame) if isinstance(frame, dict) and not r.notify else frame
+                budget.spend(r.conn, len(frame))
+                out.append((r, frame))
                 continue
             # several writes: a savepoint each, so one failure leaves the others; a lone write
             # needs none (its failure rolls back the whole transaction)
@@ -124,6 +128,9 @@ class Dispatcher:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 in_tx = False
+            if not r.notify:
+                resp = ipc.encode(resp)
+                budget.spend(r.conn, len(resp))
             out.append((r, resp))
         if in_tx:
             self._dispatch_in_tx(now)
@@ -139,6 +146,7 @@ class Dispatcher:
         for r, resp in out:
             if not r.notify:
                 self.server.send(r.conn, resp)
+        self.server.defer(deferred)
         self.flush_spawns()
         if n_writes:
             self.schedule_wake(now)
@@ -157,7 +165,10 @@ class Dispatcher:
             resp = self._call(r, now, savepoint=False)
             if "error" in resp or not isinstance(key, str):
                 return resp
-            body = json.dumps(resp["result"], separators=(",", ":"), default=str).encode()
+            try:
+                body = json.dumps(resp["result"], separators=(",", ":"), default=str, allow_nan=False).encode()
+            except ValueError:
+                return resp  # ipc.encode answers internal_error; nothing invalid goes out or into the cache
             if len(self.show_cache) >= SHOW_CACHE_MAX:
                 self.show_cache.clear()
             self.show_cache[key] = body
@@ -515,7 +526,6 @@ class Dispatcher:
         self.sel.register(ctx.channel, selectors.EVENT_READ, ("chan", None))
         self.sel.register(wake, selectors.EVENT_READ, ("sig", None))
         next_hb = 0.0
-        next_sweep = time.monotonic() + SWEEP_EVERY
         self.next_tick = time.monotonic()
         log.info("dispatcher.started", board=self.paths["board"], events=self.published)
         while True:
@@ -525,28 +535,27 @@ class Dispatcher:
                 next_hb = mono + self.cfg["supervisor"]["heartbeat_interval"]
             if mono >= self.next_tick:
                 self.tick()
-            if mono >= next_sweep:
-                self.server.sweep(time.time())
-                next_sweep = mono + SWEEP_EVERY
+            if mono >= self.server.sweep_at:
+                self.server.sweep(mono)
             if self.reaper is not None and self.reaper.closed:
                 log.warning("reaper.detached")
                 self.reaper = None
             if self.dispatch_needed:
                 self.run_pass()
                 self.publish()
-            timeout = max(0.0, min(next_hb, self.next_tick, next_sweep) - time.monotonic())
-            if self.dispatch_needed:
+            timeout = max(0.0, min(next_hb, self.next_tick, self.server.sweep_at) - time.monotonic())
+            if self.dispatch_needed or self.server.has_backlog:
                 timeout = 0.0
-            reqs: list[ipc.Request] = []
+            reqs: list[ipc.Request] = self.server.backlog(mono)
             for key, mask in self.sel.select(timeout):
                 kind, obj = key.data
                 if kind == "conn":
                     if mask & selectors.EVENT_WRITE:
                         self.server.flush(obj)
                     if mask & selectors.EVENT_READ and not obj.closed:
-                        reqs += self.server.read(obj, time.time())
+                        reqs += self.server.read(obj, time.monotonic())
                 elif kind == "listen":
-                    self.server.accept(time.time())
+                    self.server.accept(time.monotonic())
                 elif kind == "chan":
                     msgs = roles.recv(ctx.channel)
                     if msgs is None:

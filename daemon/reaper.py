@@ -407,6 +407,7 @@ class Reaper:
 
     def report(self, run_id: str, task_id: str, rec: dict[str, Any], log_path: str | None = None,
                killed_for: str | None = None) -> None:
+        rec = {k: (v.encode("utf-8", "replace").decode() if isinstance(v, str) else v) for k, v in rec.items()}
         report = {"run": run_id, "exit_code": rec.get("exit_code"), "signal": rec.get("signal"),
                   "timed_out": killed_for == "timeout", "killed_for": killed_for,
                   "spawn_error": rec.get("spawn_error"), "lost": rec.get("lost"),

@@ -4,17 +4,23 @@ Runs in: the reaper and the notifier. Each keeps one connection to the
 dispatcher's socket, sends requests (answered later, matched by id) and
 receives server-pushed notifications (``spawn``, ``kill``, ``cleanup``,
 ``event``). :class:`Link` adds reconnects and selector upkeep on top.
+
+Frames from the dispatcher are parsed as strictly as the dispatcher parses
+requests (:func:`client.protocol.loads`): a frame that is not a JSON object
+within ``MAX_DEPTH`` is skipped, so a hostile server cannot crash a role.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import socket
 from collections.abc import Callable
 from typing import Any
 
+from client.protocol import FrameError, dumps, loads
+
 Callback = Callable[[dict[str, Any]], None]
+MAX_LINE = 64 << 20  # a frame from the dispatcher longer than this closes the connection
 
 
 class Peer:
@@ -44,8 +50,7 @@ class Peer:
         """Queue a request; ``on_reply`` receives the whole response object."""
         rid = next(self.ids)
         self.waiting[rid] = on_reply
-        self.wbuf += json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params},
-                                separators=(",", ":")).encode() + b"\n"
+        self.wbuf += dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}).encode() + b"\n"
         self.on_writable()
 
     def want_write(self) -> bool:
@@ -77,16 +82,20 @@ class Peer:
         while True:
             nl = self.rbuf.find(b"\n")
             if nl < 0:
+                if len(self.rbuf) > MAX_LINE:  # no server of ours sends that: give up on it
+                    self.close()
                 return
             line = bytes(self.rbuf[:nl])
             del self.rbuf[:nl + 1]
             try:
-                msg = json.loads(line)
-            except ValueError:
+                msg = loads(line)
+            except FrameError:
+                continue
+            if not isinstance(msg, dict):
                 continue
             if "method" in msg and "id" not in msg:
                 self.on_notify(msg)
-            elif msg.get("id") in self.waiting:
+            elif isinstance(msg.get("id"), int) and msg["id"] in self.waiting:
                 cb = self.waiting.pop(msg["id"])
                 if cb is not None:
                     cb(msg)

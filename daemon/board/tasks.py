@@ -9,13 +9,14 @@ one event per mutation. They never commit: the caller owns the transaction.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
 import sqlite3
 from typing import Any
 
-from client.protocol import RPCError
+from client.protocol import EVENTS_PAGE, INT64_MAX, INT64_MIN, LIST_PAGE, RPCError, loads, text_problem
 from daemon.board import transitions
 from daemon.config import parse_duration
 
@@ -33,7 +34,7 @@ def emit(conn: sqlite3.Connection, now: float, kind: str, task_id: str | None = 
          run_id: str | None = None, **payload: Any) -> int:
     """Append one event; returns its id."""
     cur = conn.execute("INSERT INTO events (task_id, run_id, kind, payload, at) VALUES (?,?,?,?,?)",
-                       (task_id, run_id, kind, json.dumps(payload, separators=(",", ":")), now))
+                       (task_id, run_id, kind, json.dumps(payload, separators=(",", ":"), allow_nan=False), now))
     return cur.lastrowid
 
 
@@ -250,7 +251,7 @@ def complete(conn: sqlite3.Connection, now: float, ids: list[str], summary: str 
             raise RPCError("conflict", f"task {task_id} is running (run {row['current_run']}); only its worker "
                            "completes it (pass --run), or block it first", id=task_id, run=row["current_run"])
         _finish_run_by_worker(conn, now, row, run, "completed", summary=summary,
-                              metadata=json.dumps(metadata) if metadata else None)
+                              metadata=json.dumps(metadata, allow_nan=False) if metadata else None)
         set_status(conn, now, row, "complete", summary=summary, result=result, consecutive_failures=0,
                    block_reason=None)
         emit(conn, now, "completed", task_id, run, summary=summary, by="worker" if run else "operator",
@@ -420,11 +421,88 @@ def edit(conn: sqlite3.Connection, now: float, task_id: str, title: str | None =
 
 _SORTS = {"priority": "priority DESC, created_at, id", "created": "created_at, id",
           "updated": "updated_at DESC, id", "id": "id"}
+#: Each sort's key columns (all NOT NULL), and whether each descends: the keyset for cursors.
+_KEYS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "priority": (("priority", True), ("created_at", False), ("id", False)),
+    "created": (("created_at", False), ("id", False)),
+    "updated": (("updated_at", True), ("id", False)),
+    "id": (("id", False),),
+}
+#: A page also ends once its rows hold about this much text (bodies can be 256 KiB each).
+PAGE_BYTES = 1 << 20
+
+
+def _row_bytes(row: sqlite3.Row) -> int:
+    return 64 + sum(len(v) for v in row if isinstance(v, str))
+
+
+def _encode_cursor(sort: str, row: sqlite3.Row) -> str:
+    key = [sort, *(row[col] for col, _ in _KEYS[sort])]
+    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(sort: str, cursor: str) -> list[Any]:
+    """The key values a cursor made by :func:`_encode_cursor` for ``sort`` carries.
+
+    Raises:
+        RPCError: ``invalid_params`` (field ``cursor``) for anything else.
+    """
+    bad = RPCError("invalid_params", f"cursor is not a task.list cursor for sort {sort!r} "
+                   "(pass back next_cursor unchanged, with the same sort)", field="cursor")
+    try:
+        key = loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError:  # binascii.Error, FrameError
+        raise bad from None
+    cols = _KEYS[sort]
+    if not isinstance(key, list) or len(key) != len(cols) + 1 or key[0] != sort:
+        raise bad
+    for value, (col, _) in zip(key[1:], cols):
+        if col == "id":
+            ok = isinstance(value, str) and text_problem(value, 256) is None
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                (col != "priority" or isinstance(value, int)) and INT64_MIN <= value <= INT64_MAX
+        if not ok:
+            raise bad
+    return key[1:]
+
+
+def _after(sort: str, values: list[Any]) -> tuple[str, list[Any]]:
+    """SQL for "strictly after this key" in ``sort``'s order (mixed directions, so no row values)."""
+    cols = _KEYS[sort]
+    ors, args = [], []
+    for i, (col, desc) in enumerate(cols):
+        terms = [f"{c}=?" for c, _ in cols[:i]] + [f"{col}{'<' if desc else '>'}?"]
+        ors.append("(" + " AND ".join(terms) + ")")
+        args += [*values[:i], values[i]]
+    return "(" + " OR ".join(ors) + ")", args
 
 
 def list_tasks(conn: sqlite3.Connection, status: list[str] | None = None, assignee: str | None = None,
                tenant: str | None = None, archived: bool = False, sort: str | None = None,
-               limit: int | None = None) -> dict[str, Any]:
+               limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+    """One page of tasks, in ``sort`` order.
+
+    Args:
+        conn: The board.
+        status: Only these statuses (default: all but archived, unless ``archived``).
+        assignee: Only this assignee.
+        tenant: Only this tenant.
+        archived: Include archived tasks when ``status`` is not given.
+        sort: ``priority`` (default), ``created``, ``updated`` or ``id``; ties broken by id.
+        limit: Page size (default ``LIST_PAGE``); a page also ends past ``PAGE_BYTES`` of text.
+        cursor: The ``next_cursor`` of the previous page (same filters and sort).
+
+    Returns:
+        ``{tasks, total, next_cursor}``: ``total`` counts every match (not just this page);
+        ``next_cursor`` is ``None`` on the last page. The cursor is a keyset over the sort key
+        and the id, so a walk stays in order while the board changes (a task whose key
+        changes mid-walk may be seen twice or not at all).
+
+    Raises:
+        RPCError: ``invalid_params`` for an unknown status, a negative limit or a foreign cursor.
+    """
+    sort = sort or "priority"
     where, args = [], []
     if status:
         bad = [s for s in status if s not in transitions.STATUSES]
@@ -443,11 +521,25 @@ def list_tasks(conn: sqlite3.Connection, status: list[str] | None = None, assign
         args.append(tenant)
     if limit is not None and limit < 0:
         raise RPCError("invalid_params", "limit must not be negative", field="limit")
+    limit = LIST_PAGE if limit is None else limit
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     total = conn.execute(f"SELECT count(*) FROM tasks {clause}", args).fetchone()[0]
-    rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY {_SORTS[sort or 'priority']} "
-                        f"LIMIT ?", (*args, -1 if limit is None else limit)).fetchall()
-    return {"tasks": [to_dict(r) for r in rows], "total": total}
+    if cursor is not None:
+        after_sql, after_args = _after(sort, _decode_cursor(sort, cursor))
+        where.append(after_sql)
+        args += after_args
+        clause = f"WHERE {' AND '.join(where)}"
+    rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY {_SORTS[sort]} LIMIT ?",
+                        (*args, limit + 1))
+    page, size, more = [], 0, False
+    for row in rows:
+        if len(page) >= limit or (page and size >= PAGE_BYTES):
+            more = True
+            break
+        page.append(row)
+        size += _row_bytes(row)
+    return {"tasks": [to_dict(r) for r in page], "total": total,
+            "next_cursor": _encode_cursor(sort, page[-1]) if more and page else None}
 
 
 def show(conn: sqlite3.Connection, task_id: str, events: int = 20) -> dict[str, Any]:
@@ -490,16 +582,37 @@ def event_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 def events_since(conn: sqlite3.Connection, after: int = 0, task: str | None = None,
                  limit: int | None = None) -> dict[str, Any]:
+    """One page of events with id greater than ``after``, oldest first.
+
+    Args:
+        conn: The board.
+        after: Event id to start after.
+        task: Only this task's events.
+        limit: Page size (default ``EVENTS_PAGE``); a page also ends past ``PAGE_BYTES`` of payload.
+
+    Returns:
+        ``{events, last_id, next_cursor}``: ``last_id`` is the newest event on the board;
+        ``next_cursor`` is ``None`` on the last page, else the id to pass as ``after``.
+
+    Raises:
+        RPCError: ``invalid_params`` for a negative limit; ``not_found`` for an unknown task.
+    """
     if limit is not None and limit < 0:
         raise RPCError("invalid_params", "limit must not be negative", field="limit")
-    limit = 1000 if limit is None else limit
+    limit = EVENTS_PAGE if limit is None else limit
     if task:
         get(conn, task)
         rows = conn.execute("SELECT id, task_id, run_id, kind, payload, at FROM events WHERE task_id=? AND id>? "
-                            "ORDER BY id LIMIT ?", (task, after, limit)).fetchall()
+                            "ORDER BY id LIMIT ?", (task, after, limit + 1))
     else:
         rows = conn.execute("SELECT id, task_id, run_id, kind, payload, at FROM events WHERE id>? ORDER BY id "
-                            "LIMIT ?", (after, limit)).fetchall()
-    evs = [event_dict(r) for r in rows]
+                            "LIMIT ?", (after, limit + 1))
+    evs, size, more = [], 0, False
+    for row in rows:
+        if len(evs) >= limit or (evs and size >= PAGE_BYTES):
+            more = True
+            break
+        evs.append(event_dict(row))
+        size += _row_bytes(row)
     last = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
-    return {"events": evs, "last_id": last}
+    return {"events": evs, "last_id": last, "next_cursor": evs[-1]["id"] if more and evs else None}
