@@ -6,7 +6,10 @@ Sub-commands and their arguments are built from ``client.protocol.METHODS``:
 each method with a ``verb`` becomes ``kanban VERB``, each param an argument.
 Human output comes from :mod:`client.formats`; ``--json`` prints the result
 object and nothing else. Errors print one line on stderr and exit 1 (the
-daemon refused) or 2 (usage).
+daemon refused, or it is not running) or 2 (usage); with ``--json`` that line
+is a JSON object, ``{"error": {"name", "message", "data"}}``. A reader that
+closes the pipe early (``kanban list | head``) ends any verb quietly with
+status 141, as if SIGPIPE had killed it, like ``cat`` or ``grep`` would.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import os
 import sys
 
 from client import fastargs, protocol
-from client.formats import FORMATTERS, fmt_default, fmt_event, use_color
+from client.formats import FORMATTERS, escape, fmt_default, fmt_event, scrub, use_color
 from client.rpc import Client, NotRunning, ServerError
+
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
 #: Flags whose CLI name differs from the wire name (repeatable singular forms).
 FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kinds": "kinds"}
@@ -27,7 +32,12 @@ COMMA_LISTS = {"status", "kinds"}
 
 
 class UsageError(Exception):
-    pass
+    """A bad command line; the message is the one line to print."""
+
+
+def is_task_id(text: str) -> bool:
+    """``t_`` and 8 lowercase hex digits (no ``re``: the client must start fast)."""
+    return len(text) == 10 and text.startswith("t_") and all(c in "0123456789abcdef" for c in text[2:])
 
 
 def parser_class() -> type:
@@ -110,8 +120,19 @@ def build_parser(only: str | None = None):
     return parser
 
 
+def block_reason_from_positionals(ns) -> None:
+    """``kanban block ID "reason"`` and, in a worker, ``kanban block "reason"``: a trailing
+    positional that is not a task id is the reason (when ``--reason`` is not given)."""
+    ids = list(getattr(ns, "ids", None) or [])
+    if getattr(ns, "reason", None) is None and ids and not is_task_id(ids[-1]):
+        ns.reason = ids.pop()
+        ns.ids = ids or None
+
+
 def collect(ns) -> dict:
     method = protocol.METHODS[ns._method]
+    if method.name == "task.block":
+        block_reason_from_positionals(ns)
     params: dict = {}
     for p in method.params:
         if not hasattr(ns, p.name):
@@ -149,7 +170,7 @@ def collect(ns) -> dict:
 def stream(client: Client, verb: str, params: dict, as_json: bool) -> int:
     """``watch`` and ``tail``: print events as the daemon pushes them, until Ctrl-C."""
     def emit(e: dict) -> None:
-        print(json.dumps(e) if as_json else fmt_event(e), flush=True)
+        print(json.dumps(e) if as_json else fmt_event(scrub(e)), flush=True)
 
     try:
         if verb == "tail":  # the task's last 20 events, then live from there (no gap, no repeat)
@@ -162,9 +183,6 @@ def stream(client: Client, verb: str, params: dict, as_json: bool) -> int:
         for e in client.follow(params):
             emit(e)
     except KeyboardInterrupt:
-        return 0
-    except BrokenPipeError:  # `kanban watch | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
 
@@ -184,21 +202,61 @@ def pick_verb(argv: list[str]) -> str | None:
     return None
 
 
+def wants_json(argv: list[str]) -> bool:
+    """``--json`` anywhere before a ``--`` (known even when the rest of the line does not parse)."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+def fail(as_json: bool, name: str, message: str, data: dict | None = None, line: str | None = None) -> None:
+    """Print an error on stderr: ``line`` (default: ``message``) as one line, or with ``--json``
+    the object ``{"error": {"name", "message", "data"}}`` on one line."""
+    if as_json:
+        line = json.dumps({"error": {"name": name, "message": message, "data": data or {}}})
+    else:  # the message may quote task text or argv: one line, no control characters
+        line = escape(message if line is None else line)
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
+
+
+def _quiet_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush cannot raise again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        try:
+            code = run(argv)
+        except SystemExit as exc:  # argparse after --help
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        sys.stdout.flush()  # here, not at exit: a closed pipe must be handled like any other
+        return code
+    except BrokenPipeError:  # `kanban … | head`: the reader has what it wanted
+        _quiet_stdout()
+        return EXIT_SIGPIPE
+
+
+def run(argv: list[str]) -> int:
+    """Parse, call the daemon, print; returns the exit status."""
     first = pick_verb(argv)
     known = {v.split()[0] for v in verbs()}
+    as_json = wants_json(argv)
     try:
         ns = fastargs.parse(argv, verbs(), FLAG_NAMES, COMMA_LISTS)
         if ns is None:
             parser = build_parser(first if first in known else None)
             ns = parser.parse_args(argv)
             if not getattr(ns, "verb", None):
-                print("kanban: missing VERB (try `kanban --help`)", file=sys.stderr)
-                return 2
+                raise UsageError("kanban: missing VERB (try `kanban --help`)")
         params = collect(ns)
     except UsageError as exc:
-        print(str(exc), file=sys.stderr)
+        fail(as_json, "usage_error", str(exc))
         return 2
     as_json = bool(getattr(ns, "json", False))
     try:
@@ -207,21 +265,25 @@ def main(argv: list[str] | None = None) -> int:
                 return stream(client, ns._verb, params, as_json)
             result = client.call(ns._method, params)
     except NotRunning as exc:
-        print(f"kanban: {exc}", file=sys.stderr)
+        fail(as_json, "not_running", str(exc), line=f"kanban: {exc}")
         return 1
     except ServerError as exc:
-        print(f"kanban: {exc.name}: {exc}", file=sys.stderr)
+        data = {k: v for k, v in (exc.error.get("data") or {}).items() if k != "name"}
+        fail(as_json, exc.name, str(exc), data, line=f"kanban: {exc.name}: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
     except OSError as exc:
-        print(f"kanban: connection to kanband failed: {exc}", file=sys.stderr)
+        fail(as_json, "connection_failed", f"connection to kanband failed: {exc}",
+             line=f"kanban: connection to kanband failed: {exc}")
         return 1
     if as_json:
         print(json.dumps(result, indent=None, separators=(",", ":")))
     else:
         fmt = FORMATTERS.get(ns._verb, fmt_default)
-        out = fmt(result, use_color())
+        out = fmt(result if ns._verb == "log" else scrub(result), use_color())
         if out:
             print(out)
     return 0
