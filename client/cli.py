@@ -223,7 +223,7 @@ def fail(as_json: bool, name: str, message: str, data: dict | None = None, line:
 def _quiet_stdout() -> None:
     """Point fd 1 at /dev/null so the interpreter's final flush cannot raise again."""
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     except OSError:
         pass
 
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             code = run(argv)
         except SystemExit as exc:  # argparse after --help
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-        sys.stdout.flush()  # here, not at exit: a closed pipe must be handled like any other
+        if sys.stdout is not None:  # None when started with fd 1 closed
+            sys.stdout.flush()  # here, not at exit: a closed pipe must be handled like any other
         return code
     except BrokenPipeError:  # `kanban … | head`: the reader has what it wanted
         _quiet_stdout()
