@@ -26,6 +26,7 @@ A trash entry left by a crash is purged the next time a reaper starts.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import stat
@@ -407,8 +408,9 @@ def _main(argv: list[str]) -> int:
     except (ValueError, OSError):
         pass
     removed, problems = purge(argv[1], argv[2] if len(argv) == 3 else None)
-    for p in problems[:5]:
-        print(f"workspace purge: {p}", file=sys.stderr)
+    for p in problems[:5]:  # stderr is the daemon's log: one JSON line each, like structlog's
+        print(json.dumps({"event": "workspace.purge_problem", "level": "warning", "problem": p,
+                          "pid": os.getpid()}), file=sys.stderr)
     return 1 if problems else 0
 
 
