@@ -6,7 +6,10 @@ Sub-commands and their arguments are built from ``client.protocol.METHODS``:
 each method with a ``verb`` becomes ``kanban VERB``, each param an argument.
 Human output comes from :mod:`client.formats`; ``--json`` prints the result
 object and nothing else. Errors print one line on stderr and exit 1 (the
-daemon refused) or 2 (usage).
+daemon refused, or it is not running) or 2 (usage); with ``--json`` that line
+is a JSON object, ``{"error": {"name", "message", "data"}}``. A reader that
+closes the pipe early (``kanban list | head``) ends any verb quietly with
+status 141, as if SIGPIPE had killed it, like ``cat`` or ``grep`` would.
 
 Through a daemon restart: an operator's verb retries its connect for about
 2 s. Inside a worker (``$KANBAN_RUN`` set) every verb keeps retrying for
@@ -22,9 +25,11 @@ import os
 import sys
 
 from client import fastargs, protocol
-from client.formats import FORMATTERS, PagedList, fmt_default, fmt_event, use_color
+from client.formats import FORMATTERS, PagedList, escape, fmt_default, fmt_event, scrub, use_color
 from client.rpc import (CONNECT_RETRY, Client, NotRunning, ServerError, call_retrying, follow_resuming,
                         new_request_id, retry_for_from_env)
+
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
 #: Flags whose CLI name differs from the wire name (repeatable singular forms).
 FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kinds": "kinds"}
@@ -39,7 +44,12 @@ ALL_HELP = ("fetch every page, printing each as it arrives (with --json: one JSO
 
 
 class UsageError(Exception):
-    pass
+    """A bad command line; the message is the one line to print."""
+
+
+def is_task_id(text: str) -> bool:
+    """``t_`` and 8 lowercase hex digits (no ``re``: the client must start fast)."""
+    return len(text) == 10 and text.startswith("t_") and all(c in "0123456789abcdef" for c in text[2:])
 
 
 def parser_class() -> type:
@@ -124,8 +134,19 @@ def build_parser(only: str | None = None):
     return parser
 
 
+def block_reason_from_positionals(ns) -> None:
+    """``kanban block ID "reason"`` and, in a worker, ``kanban block "reason"``: a trailing
+    positional that is not a task id is the reason (when ``--reason`` is not given)."""
+    ids = list(getattr(ns, "ids", None) or [])
+    if getattr(ns, "reason", None) is None and ids and not is_task_id(ids[-1]):
+        ns.reason = ids.pop()
+        ns.ids = ids or None
+
+
 def collect(ns) -> dict:
     method = protocol.METHODS[ns._method]
+    if method.name == "task.block":
+        block_reason_from_positionals(ns)
     params: dict = {}
     for p in method.params:
         if not hasattr(ns, p.name):
@@ -160,33 +181,47 @@ def collect(ns) -> dict:
     return params
 
 
-def stream(client: Client | None, path: str | None, verb: str, params: dict, as_json: bool,
-           retry_for: float) -> int:
-    """``watch`` and ``tail``: print events as the daemon pushes them, until Ctrl-C.
+#: Event kinds after which a task is final for ``kanban tail`` (done or archived).
+FINAL_KINDS = frozenset({"completed", "archived"})
 
+
+def stream(client: Client | None, path: str | None, verb: str, params: dict, as_json: bool,
+           retry_for: float, follow: bool = False) -> int:
+    """``watch`` and ``tail``: print events as the daemon pushes them.
+
+    ``watch`` runs until Ctrl-C. ``tail`` exits once its task is done or
+    archived (at once if it already is), unless ``follow`` (``--follow``).
     The stream survives a daemon restart: it reconnects for up to ``retry_for``
     seconds and resumes after the last event it printed (no gap, no repeat).
     ``client`` is the first connection, or ``None`` to make it with the same retry.
     """
     def emit(e: dict) -> None:
-        print(json.dumps(e) if as_json else fmt_event(e), flush=True)
+        print(json.dumps(e) if as_json else fmt_event(scrub(e)), flush=True)
 
     try:
         if verb == "tail":  # the task's last 20 events, then live from there (no gap, no repeat)
             show = {"id": params["task"]}
-            recent = (client.call("task.show", show) if client is not None
-                      else call_retrying("task.show", show, path, retry_for=retry_for))["events"]
+            shown = (client.call("task.show", show) if client is not None
+                     else call_retrying("task.show", show, path, retry_for=retry_for))
+            recent = shown["events"]
             if recent:
                 params.setdefault("after", recent[-1]["id"])
             for e in recent:
                 if not params.get("kinds") or e["kind"] in params["kinds"]:
                     emit(e)
+            if not follow and shown["task"]["status"] in ("done", "archived"):
+                return 0
+        asked = set(params.get("kinds") or ())
+        stop = verb == "tail" and not follow
+        if stop and asked:  # the stop condition must reach us through the kinds filter
+            params["kinds"] = sorted(asked | FINAL_KINDS)
         for e in follow_resuming(params, path, retry_for=retry_for, client=client):
-            emit(e)
+            final = stop and e["kind"] in FINAL_KINDS and e["task_id"] == params["task"]
+            if not asked or e["kind"] in asked:
+                emit(e)
+            if final:
+                return 0
     except KeyboardInterrupt:
-        return 0
-    except BrokenPipeError:  # `kanban watch | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
 
@@ -208,26 +243,23 @@ def walk(client: Client, method: str, params: dict, as_json: bool) -> int:
     color = use_color()
     pager = PagedList(color) if method == "task.list" else None
     seen = 0
-    try:
-        while True:
-            page = client.call(method, params)
-            if as_json:
-                text = "\n".join(json.dumps(x, separators=(",", ":")) for x in page[items])
-            elif pager is not None:
-                text = pager.page(page[items])
-            else:
-                text = "\n".join(fmt_event(e) for e in page[items])
-            seen += len(page[items])
-            if text:
-                sys.stdout.write(text + "\n")
-                sys.stdout.flush()
-            if page.get("next_cursor") is None:
-                break
-            params[key] = page["next_cursor"]
-        if not as_json and not seen:
-            print("no tasks" if pager is not None else "no events")
-    except BrokenPipeError:  # `kanban list --all | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    while True:
+        page = client.call(method, params)
+        if as_json:
+            text = "\n".join(json.dumps(x, separators=(",", ":")) for x in page[items])
+        elif pager is not None:
+            text = pager.page(scrub(page[items]))
+        else:
+            text = "\n".join(fmt_event(scrub(e)) for e in page[items])
+        seen += len(page[items])
+        if text:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        if page.get("next_cursor") is None:
+            break
+        params[key] = page["next_cursor"]
+    if not as_json and not seen:
+        print("no tasks" if pager is not None else "no events")
     return 0
 
 
@@ -257,27 +289,73 @@ def pick_verb(argv: list[str]) -> str | None:
     return None
 
 
+def wants_json(argv: list[str]) -> bool:
+    """``--json`` anywhere before a ``--`` (known even when the rest of the line does not parse)."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+def fail(as_json: bool, name: str, message: str, data: dict | None = None, line: str | None = None) -> None:
+    """Print an error on stderr: ``line`` (default: ``message``) as one line, or with ``--json``
+    the object ``{"error": {"name", "message", "data"}}`` on one line."""
+    if as_json:
+        line = json.dumps({"error": {"name": name, "message": message, "data": data or {}}})
+    else:  # the message may quote task text or argv: one line, no control characters
+        line = escape(message if line is None else line)
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
+
+
+def _quiet_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush cannot raise again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        try:
+            code = run(argv)
+        except SystemExit as exc:  # argparse after --help
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        if sys.stdout is not None:  # None when started with fd 1 closed
+            sys.stdout.flush()  # here, not at exit: a closed pipe must be handled like any other
+        return code
+    except BrokenPipeError:  # `kanban … | head`: the reader has what it wanted
+        _quiet_stdout()
+        return EXIT_SIGPIPE
+
+
+def run(argv: list[str]) -> int:
+    """Parse, call the daemon, print; returns the exit status."""
     first = pick_verb(argv)
     known = {v.split()[0] for v in verbs()}
+    follow = False
+    if first == "tail" and any(a in ("--follow", "-f") for a in argv[argv.index(first):]):
+        follow = True  # a CLI-only flag of `tail`: keep following after the task is done
+        at = argv.index(first)
+        argv = argv[:at] + [a for a in argv[at:] if a not in ("--follow", "-f")]
     walk_all = False
     if first in verbs() and verbs()[first][0].name in PAGED and "--all" in argv[argv.index(first):] \
             and "--help" not in argv and "-h" not in argv:
         walk_all = True
         at = argv.index(first)
         argv = argv[:at] + [a for a in argv[at:] if a != "--all"]
+    as_json = wants_json(argv)
     try:
         ns = fastargs.parse(argv, verbs(), FLAG_NAMES, COMMA_LISTS)
         if ns is None:
             parser = build_parser(first if first in known else None)
             ns = parser.parse_args(argv)
             if not getattr(ns, "verb", None):
-                print("kanban: missing VERB (try `kanban --help`)", file=sys.stderr)
-                return 2
+                raise UsageError("kanban: missing VERB (try `kanban --help`)")
         params = collect(ns)
     except UsageError as exc:
-        print(str(exc), file=sys.stderr)
+        fail(as_json, "usage_error", str(exc))
         return 2
     as_json = bool(getattr(ns, "json", False))
     method = protocol.METHODS[ns._method]
@@ -285,13 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         retry_for = retry_for_from_env() if worker or method.stream else CONNECT_RETRY
     except ValueError as exc:
-        print(f"kanban: {exc}", file=sys.stderr)
+        fail(as_json, "usage_error", f"kanban: {exc}")
         return 2
     if worker and any(p.name == "request_id" for p in method.params):
         params.setdefault("request_id", new_request_id())  # one per invocation, reused by its retries
     try:
         if method.stream:
-            return stream(None if worker else Client(ns.socket), ns.socket, ns._verb, params, as_json, retry_for)
+            return stream(None if worker else Client(ns.socket), ns.socket, ns._verb, params, as_json, retry_for,
+                          follow=follow)
         if walk_all:
             with Client(ns.socket) as client:
                 return walk(client, ns._method, params, as_json)
@@ -302,21 +381,25 @@ def main(argv: list[str] | None = None) -> int:
             with Client(ns.socket) as client:
                 result = client.call(ns._method, params)
     except NotRunning as exc:
-        print(f"kanban: {exc}", file=sys.stderr)
+        fail(as_json, "not_running", str(exc), line=f"kanban: {exc}")
         return 1
     except ServerError as exc:
-        print(f"kanban: {exc.name}: {exc}", file=sys.stderr)
+        data = {k: v for k, v in (exc.error.get("data") or {}).items() if k != "name"}
+        fail(as_json, exc.name, str(exc), data, line=f"kanban: {exc.name}: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
     except OSError as exc:
-        print(f"kanban: connection to kanband failed: {exc}", file=sys.stderr)
+        fail(as_json, "connection_failed", f"connection to kanband failed: {exc}",
+             line=f"kanban: connection to kanband failed: {exc}")
         return 1
     if as_json:
         print(json.dumps(result, indent=None, separators=(",", ":")))
     else:
         fmt = FORMATTERS.get(ns._verb, fmt_default)
-        out = fmt(result, use_color())
+        out = fmt(result if ns._verb == "log" else scrub(result), use_color())
         if out:
             print(out)
     hint = more_hint(ns._verb, ns._method, result)

@@ -2,6 +2,15 @@
 
 Runs in: the ``kanban`` CLI. Stdlib only. Colour only on a TTY and never with
 ``NO_COLOR``; ``--json`` bypasses all of this.
+
+Text from tasks (titles, bodies, comments, reasons, summaries, errors, names) is
+data: :func:`scrub` escapes every control character in it before a formatter
+sees it, so an ESC sequence or a newline in a title prints as ``\x1b`` or
+``\n`` and can neither drive the terminal nor forge a line of output. Fields
+that are multi-line by nature (``MULTILINE_KEYS``) keep their newlines and tabs.
+``kanban log`` prints the worker's log exactly when stdout is not a terminal
+(it is the user's own data, and often piped to a file); on a terminal it escapes
+the same control characters, newlines and tabs excepted.
 """
 
 from __future__ import annotations
@@ -10,6 +19,41 @@ import json
 import os
 import sys
 import time
+
+
+def _escapes(keep: str) -> dict[int, str]:
+    """``str.translate`` table: C0 controls, DEL, C1 controls and the bidi overrides -> visible escapes."""
+    codes = [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F),
+             *range(0x2066, 0x206A)]
+    named = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+    table = {c: named.get(c) or (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in codes}
+    for ch in keep:
+        table.pop(ord(ch))
+    return table
+
+
+_ONE_LINE = _escapes("")
+_MULTI_LINE = _escapes("\n\t")
+#: Fields whose text may span lines; everything else is shown on one line.
+MULTILINE_KEYS = frozenset({"body", "error", "last_error", "log_tail", "text"})
+
+
+def escape(text: str, multiline: bool = False) -> str:
+    """``text`` with control characters shown as escapes (newlines and tabs kept if ``multiline``)."""
+    if text.isprintable():  # the common case, checked in C
+        return text
+    return text.translate(_MULTI_LINE if multiline else _ONE_LINE)
+
+
+def scrub(obj: object, key: str | None = None) -> object:
+    """A copy of a result with every string escaped for a terminal (see the module docstring)."""
+    if isinstance(obj, str):
+        return escape(obj, key in MULTILINE_KEYS)
+    if isinstance(obj, dict):
+        return {k: scrub(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub(v, key) for v in obj]
+    return obj
 
 
 COLORS = {"ready": "32", "running": "36", "blocked": "31", "done": "2", "todo": "33", "triage": "35",
@@ -125,8 +169,8 @@ def fmt_show(r: dict, color: bool) -> str:
         lines += ["", "runs:"] + [f"  {x['id']}  {x['outcome'] or x['state']:<18} exit={x['exit_code']} "
                                   f"{dur(x['duration'])}  {x['summary'] or ''}".rstrip() for x in r["runs"]]
     if r["comments"]:
-        lines += ["", "comments:"] + [f"  [{ago(c['created_at'])} ago] {c['author'] or '?'}: {c['body']}"
-                                      for c in r["comments"]]
+        lines += ["", "comments:"] + [f"  [{ago(c['created_at'])} ago] {c['author'] or '?'}: "
+                                      + c["body"].rstrip("\n").replace("\n", "\n      ") for c in r["comments"]]
     if r["events"]:
         lines += ["", "recent events:"] + [f"  #{e['id']} {ago(e['at'])} ago  {e['kind']}" for e in r["events"]]
     return "\n".join(lines)
@@ -197,6 +241,14 @@ def fmt_event(e: dict) -> str:
     return f"{ts} #{e['id']} {e['task_id'] or '-'} {e['kind']} {extra}".rstrip()
 
 
+def fmt_log(r: dict, tty: bool) -> str:
+    """The worker log: exact when piped; on a terminal, control characters escaped (not newline, tab)."""
+    if not r["exists"]:
+        return f"no log yet at {escape(r['path'])}"
+    text = r["text"].rstrip("\n")
+    return escape(text, multiline=True) if tty else text
+
+
 def fmt_tasks(r: dict, color: bool) -> str:
     lines = [fmt_task_line(t) for t in r["tasks"]]
     if r.get("promoted"):
@@ -252,7 +304,7 @@ FORMATTERS = {
     "unblock": fmt_tasks, "archive": fmt_tasks,
     "create": lambda r, c: r["id"] if not sys.stdout.isatty() else f"{'created' if r['created'] else 'exists'} "
                                                                      f"{r['id']} ({r['status']})",
-    "log": lambda r, c: r["text"].rstrip("\n") if r["exists"] else f"no log yet at {r['path']}",
+    "log": lambda r, c: fmt_log(r, sys.stdout.isatty()),
     "events": lambda r, c: "\n".join(fmt_event(e) for e in r["events"]) or "no events",
     "link": lambda r, c: f"{r['parent']} -> {r['child']} (child is {r['child_status']})",
     "unlink": lambda r, c: f"unlinked {r['parent']} -> {r['child']} (child is {r['child_status']})",

@@ -39,7 +39,7 @@ class Field:
 
 PROFILE: dict[str, Field] = {
     "command": Field("list", None, "argv of the worker; placeholders {task_id} {run_id} {title} "
-                     "{workspace} {config_dir}"),
+                     "{workspace} {config_dir}, refused inside a `sh -c` script"),
     "env": Field("dict", {}, "extra environment variables for the worker"),
     "max_in_progress": Field("int", None, "cap on this profile's live runs (counted like "
                              "dispatch.max_in_progress)", nullable=True),
@@ -52,7 +52,8 @@ PROFILE: dict[str, Field] = {
 SINK: dict[str, Field] = {
     "type": Field("choice", None, "command, webhook or desktop", choices=("command", "webhook", "desktop")),
     "command": Field("list", None, "command sink: argv; the event JSON arrives on stdin; placeholders "
-                     "{task_id} {kind} {title} {summary} {event_id}; non-zero exit = failure", nullable=True),
+                     "{task_id} {kind} {title} {summary} {event_id}, refused inside a `sh -c` script; "
+                     "non-zero exit = failure", nullable=True),
     "url": Field("str", None, "webhook sink: URL to POST the event JSON to", nullable=True),
     "secret": Field("str", None, "webhook sink: HMAC-SHA256 key; signature in X-Kanban-Signature",
                     nullable=True),
@@ -230,11 +231,89 @@ def _check_named(kind: str, sub: dict[str, Field], raw: Any, where: str) -> dict
     return out
 
 
+#: Placeholders of a profile's command (``daemon.spawner.PLACEHOLDERS``) and of a command sink
+#: (``daemon.sinks.PLACEHOLDER``); a unit test keeps them in step.
+PROFILE_PLACEHOLDERS = ("task_id", "run_id", "title", "workspace", "config_dir")
+SINK_PLACEHOLDERS = ("task_id", "kind", "title", "summary", "event_id")
+
+#: Programs that run an argument as code, and the option letters that say which one: after such
+#: an option, the next argument that is not an option is the script (``sh -c SCRIPT``,
+#: ``bash -ec SCRIPT``, ``python3 -c CODE``, ``perl -ne CODE``).
+_SHELLS = ("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash", "posh", "fish", "csh", "tcsh")
+_CODE_FLAGS: dict[str, str] = {**{name: "c" for name in _SHELLS}, "python": "c", "pypy": "c", "perl": "eE",
+                               "ruby": "e", "node": "ep", "nodejs": "ep", "php": "r", "lua": "e"}
+_LONG_CODE_FLAGS = ("--command", "--eval", "--print")
+
+
+def _code_flags(program: str) -> str | None:
+    name = os.path.basename(program)
+    m = re.match(r"^(python|pypy)[0-9.]*$", name)
+    return _CODE_FLAGS.get(m.group(1) if m else name)
+
+
+def code_arguments(argv: list[str]) -> list[tuple[int, str]]:
+    """The arguments that a shell or an interpreter in ``argv`` will run as code.
+
+    Returns:
+        ``(index, program)`` pairs: for ``["sh", "-c", "notify {title}", "sh", "{title}"]``
+        that is ``[(2, "sh")]``; the trailing ``{title}`` is ``$1``, data.
+    """
+    out = []
+    for i, arg in enumerate(argv):
+        flags = _code_flags(arg)
+        if flags is None:
+            continue
+        code = False
+        for j in range(i + 1, len(argv)):
+            a = argv[j]
+            if a.startswith(_LONG_CODE_FLAGS):
+                if "=" in a:
+                    out.append((j, os.path.basename(arg)))
+                    break
+                code = True
+                continue
+            is_option = a.startswith(("-", "+")) and a not in ("-", "--")
+            if a == "--":
+                continue
+            if is_option and not a.startswith("--") and any(c in flags for c in a[1:]):
+                code = True
+            if code:
+                out.append((j, os.path.basename(arg)))  # an option here may already be the code (python -c)
+                if not is_option:
+                    break
+            elif not is_option:
+                break  # a script file: what follows are its arguments
+    return out
+
+
+def check_code_placeholders(argv: list[str], names: tuple[str, ...], where: str, hint: str) -> None:
+    """Refuse a placeholder inside an argument that a shell or interpreter runs as code.
+
+    A substituted value there (a task title, say) would run as code. As a whole argv element of
+    its own, or as ``$1`` after the script, it stays data.
+
+    Raises:
+        ConfigError: Naming ``where[index]``, the placeholder, the program and ``hint``.
+    """
+    pattern = re.compile(r"\{(" + "|".join(names) + r")\}")
+    for index, program in code_arguments(argv):
+        m = pattern.search(argv[index])
+        if m:
+            raise ConfigError(
+                f"{where}[{index}]: placeholder {m.group(0)} inside a script run by {program}: a value "
+                f"substituted there (a task title, say) would run as code. {hint}")
+
+
 def _check_entry(kind: str, item: dict[str, Any], where: str) -> None:
     if kind == "profiles":
         cmd = item["command"]
         if not cmd or not all(isinstance(a, str) for a in cmd):
             raise ConfigError(f"{where}.command: must be a non-empty list of strings")
+        check_code_placeholders(cmd, PROFILE_PLACEHOLDERS, f"{where}.command",
+                                "Read it in the script instead ($KANBAN_TASK, $KANBAN_WORKSPACE, "
+                                "`kanban show \"$KANBAN_TASK\" --json`), or pass it as its own argument "
+                                "after the script: [\"sh\", \"-c\", \"agent \\\"$1\\\"\", \"sh\", "
+                                "\"{title}\"]. See docs/workers.md.")
         if not all(isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in item["env"].items()):
             raise ConfigError(f"{where}.env: must map names to strings")
         item["env"] = {k: str(v) for k, v in item["env"].items()}
@@ -243,6 +322,14 @@ def _check_entry(kind: str, item: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}.type: required (command, webhook or desktop)")
         if item["type"] == "command" and not item["command"]:
             raise ConfigError(f"{where}.command: required for a command sink")
+        if item["command"]:
+            if not all(isinstance(a, str) for a in item["command"]):
+                raise ConfigError(f"{where}.command: must be a list of strings")
+            check_code_placeholders(item["command"], SINK_PLACEHOLDERS, f"{where}.command",
+                                    "Read it in the script instead ($KANBAN_EVENT_TITLE, $KANBAN_EVENT_SUMMARY, "
+                                    "... or the event JSON on stdin), or pass it as its own argument after "
+                                    "the script: [\"sh\", \"-c\", \"notify \\\"$1\\\"\", \"sh\", \"{title}\"]. "
+                                    "See docs/notifications.md.")
         if item["type"] == "webhook" and not item["url"]:
             raise ConfigError(f"{where}.url: required for a webhook sink")
 

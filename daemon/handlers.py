@@ -216,7 +216,7 @@ def notify_subscribe(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     if p["sink"] not in ctx.cfg["sinks"]:
         raise RPCError("not_found", f"no sink {p['sink']!r} in the config", field="sink", id=p["sink"])
     if p.get("id"):
-        tasks.get(ctx.db, p["id"])
+        tasks.get_for(ctx.db, p["id"], "subscribe")
     return subs.subscribe(ctx.db, ctx.now, sink=p["sink"], task_id=p.get("id"), kinds=p.get("kinds"),
                           descendants=bool(p.get("descendants")), assignee=p.get("assignee"),
                           tenant=p.get("tenant"))

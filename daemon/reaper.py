@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import structlog
 
-from daemon import containment, roles, spawner
+from daemon import containment, roles, spawner, workspaces
 from daemon.rpcpeer import Link, Peer
 
 log = structlog.get_logger()
@@ -87,6 +87,7 @@ class Reaper:
         self.unacked: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, dict[str, Any]] = {}   # runs to re-check for adoption
         self.cleanups: dict[str, list[dict[str, Any]]] = {}  # task -> cleanups waiting for its worker
+        self.purges: dict[int, Any] = {}  # pidfd -> the Popen of a workspace purge child
         self.link = Link(self.paths["socket"], self.sel, ("peer", None), self.on_notify, self.on_connect,
                          self.on_lost)
         self.attached = False
@@ -305,10 +306,29 @@ class Reaper:
                 any(sw.task == p["task"] for sw in self.sweeps.values()):
             self.cleanups.setdefault(p["task"], []).append(p)
             return
-        result = spawner.cleanup_workspace(p["kind"], p["path"], self.paths["workspaces"],
-                                           self.cfg["workspaces"]["repo"])
+        result = workspaces.cleanup_workspace(p["kind"], p["path"], self.paths["workspaces"],
+                                              self.cfg["workspaces"]["repo"], purger=self.start_purge)
         level = log.warning if result.startswith("refused") else log.info
         level("workspace.cleanup", task=p["task"], path=p["path"], result=result)
+
+    def start_purge(self, root: str, name: str | None) -> None:
+        """Delete ``<root>/.trash/<name>`` (all of the trash if None) in a child; reaped in ``purged``."""
+        proc = workspaces.start_purge(root, name)
+        try:
+            pidfd = os.pidfd_open(proc.pid)  # our child: its pid cannot be reused before we reap it
+        except OSError:  # out of descriptors: purge in the foreground rather than leave a zombie
+            proc.wait()
+            return
+        self.purges[pidfd] = proc
+        self.sel.register(pidfd, selectors.EVENT_READ, ("purge", pidfd))
+        log.info("workspace.purge_started", child_pid=proc.pid, trash=name or "*")
+
+    def purged(self, pidfd: int) -> None:
+        proc = self.purges.pop(pidfd)
+        self.sel.unregister(pidfd)
+        os.close(pidfd)
+        code = proc.wait()
+        (log.info if code == 0 else log.warning)("workspace.purged", child_pid=proc.pid, exit_code=code)
 
     # ---- exits ---------------------------------------------------------------
 
@@ -516,6 +536,8 @@ class Reaper:
         self.sel.register(wake, selectors.EVENT_READ, ("sig", None))
         next_hb = 0.0
         next_rotate = time.monotonic() + 5.0
+        if workspaces.trash_has_entries(self.paths["workspaces"]):  # a purge a crash interrupted
+            self.start_purge(self.paths["workspaces"], None)
         while True:
             mono = time.monotonic()
             reconnect_at = self.link.poll(mono)
@@ -539,6 +561,8 @@ class Reaper:
                 if kind == "pidfd":
                     if arg in self.tracked:
                         self.on_exit(arg)
+                elif kind == "purge":
+                    self.purged(arg)
                 elif kind == "peer":
                     self.link.on_event(mask)
                 elif kind == "chan":

@@ -6,7 +6,9 @@ never on the notifier's main loop, which must keep heartbeating.
 Every delivery carries the event id (``id`` in the JSON document, the
 ``X-Kanban-Event`` header for webhooks, ``$KANBAN_EVENT_ID`` and the
 ``{event_id}`` placeholder for commands) so receivers can deduplicate: delivery
-is at-least-once. A delivery either returns (success, possibly with a warning)
+is at-least-once. Text from tasks reaches a command hook only as data: on stdin
+(JSON), in ``KANBAN_EVENT_*`` variables, or as whole argv elements; never
+inside a shell script (the config refuses that). A delivery either returns (success, possibly with a warning)
 or raises :class:`DeliveryError`; every blocking step has a timeout.
 """
 
@@ -69,11 +71,51 @@ def document(sink: str, ev: dict[str, Any]) -> dict[str, Any]:
             "subscriptions": ev.get("subscriptions") or [], "sink": sink}
 
 
+def os_text(value: Any) -> str:
+    """A value as text the OS can carry in argv or the environment: a NUL (which would cut the
+    string short, so Python refuses it) becomes U+FFFD, as does a lone surrogate. The JSON on
+    stdin keeps the exact text."""
+    text = "" if value is None else str(value)
+    return text.replace("\0", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def expand(argv: list[str], doc: dict[str, Any]) -> list[str]:
-    """Substitute ``{task_id} {kind} {title} {summary} {event_id}`` in each argument (no shell involved)."""
+    """Substitute ``{task_id} {kind} {title} {summary} {event_id}`` in each argument, in one pass.
+
+    No shell is involved, and only the tokens of the configured argument are replaced: a title
+    that contains ``{kind}`` stays literal. The config refuses placeholders inside a shell's
+    ``-c`` script (see :func:`daemon.config.check_code_placeholders`).
+    """
     values = {"task_id": doc["task_id"] or "", "kind": doc["kind"], "title": doc["title"] or "",
               "summary": doc["summary"], "event_id": str(doc["id"])}
-    return [PLACEHOLDER.sub(lambda m: values[m.group(1)], a) for a in argv]
+    return [PLACEHOLDER.sub(lambda m: os_text(values[m.group(1)]), a) for a in argv]
+
+
+#: The environment of a command hook: name -> (document key, doc line). docs/notifications.md lists them.
+EVENT_ENV: dict[str, tuple[str, str]] = {
+    "KANBAN_EVENT_ID": ("id", "the event id: the deduplication key"),
+    "KANBAN_EVENT_KIND": ("kind", "the event kind, e.g. `completed`"),
+    "KANBAN_EVENT_TASK": ("task_id", "the task id (empty for board events)"),
+    "KANBAN_EVENT_TITLE": ("title", "the task title"),
+    "KANBAN_EVENT_RUN": ("run_id", "the run id, if the event belongs to a run"),
+    "KANBAN_EVENT_ASSIGNEE": ("assignee", "the task's assignee"),
+    "KANBAN_EVENT_TENANT": ("tenant", "the task's tenant"),
+    "KANBAN_EVENT_SUMMARY": ("summary", "the one-line summary (as in the JSON document)"),
+    "KANBAN_EVENT_AT": ("at", "when the event happened, Unix seconds"),
+}
+
+
+def hook_env(base: dict[str, str], sink: str, doc: dict[str, Any]) -> dict[str, str]:
+    """The environment of a command hook: ``base`` plus ``KANBAN_SINK`` and ``EVENT_ENV``.
+
+    ``KANBAN_TASK`` and ``KANBAN_RUN`` are never set: the client reads them as "I am this
+    run's worker", and a hook is not.
+    """
+    env = {k: v for k, v in base.items() if k not in ("KANBAN_TASK", "KANBAN_RUN")}
+    env["KANBAN_SINK"] = sink
+    for name, (key, _) in EVENT_ENV.items():
+        env[name] = os_text(doc.get(key))
+    return env
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -138,8 +180,7 @@ class Delivery:
         notifier killed mid-delivery leaves no hook behind: the event is simply
         delivered again by the next notifier.
         """
-        env = dict(self.env, KANBAN_SINK=self.name, KANBAN_EVENT_ID=str(doc["id"]), KANBAN_EVENT_KIND=doc["kind"],
-                   KANBAN_EVENT_TASK=doc["task_id"] or "")
+        env = hook_env(self.env, self.name, doc)
         with tempfile.TemporaryFile() as out:
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
@@ -212,7 +253,8 @@ class Delivery:
         head = f"kanban: {doc['kind'].replace('_', ' ')} {doc['task_id'] or ''}".rstrip()
         body = "\n".join(x for x in (doc["title"], doc["summary"]) if x)
         urgency = "critical" if doc["kind"] in URGENT_KINDS else "normal"
-        self.run([exe, "--app-name=kanban", f"--urgency={urgency}", head, body], b"", spec["timeout"], doc)
+        self.run([exe, "--app-name=kanban", f"--urgency={urgency}", "--", os_text(head), os_text(body)], b"",
+                 spec["timeout"], doc)
         return None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,10 @@ import setproctitle
 
 from daemon import containment, roles
 
+from daemon.workspaces import cleanup_workspace, prepare_workspace, strictly_inside  # noqa: F401 (re-exported)
+
 PLACEHOLDERS = ("task_id", "run_id", "title", "workspace", "config_dir")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 
 class SpawnError(Exception):
@@ -94,13 +98,13 @@ def read_retry_after(path: str) -> float | None:
 
 
 def expand(argv: list[str], values: dict[str, str]) -> list[str]:
-    """Replace ``{name}`` placeholders; unknown braces are left alone."""
-    out = []
-    for arg in argv:
-        for key in PLACEHOLDERS:
-            arg = arg.replace("{" + key + "}", values.get(key, ""))
-        out.append(arg)
-    return out
+    """Replace ``{name}`` placeholders in one pass over each original argument.
+
+    Only the ``{name}`` tokens of the configured argument are replaced; text that a
+    value brings in (a title containing ``{workspace}``) is never expanded again.
+    Unknown braces are left alone.
+    """
+    return [_PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), arg) for arg in argv]
 
 
 def worker_env(spec: dict[str, Any], paths: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
@@ -142,61 +146,6 @@ def client_bin(runs_dir: str) -> str:
         os.symlink(target, tmp)
         os.replace(tmp, link)
     return path
-
-
-def strictly_inside(path: str, root: str) -> bool:
-    """True if ``path`` resolves (symlinks included) to somewhere strictly below ``root``."""
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
-    return real != real_root and os.path.commonpath([real, real_root]) == real_root
-
-
-def prepare_workspace(ws: dict[str, Any], task_id: str) -> str:
-    """Create (or check) the run's working directory; returns its path."""
-    kind, path = ws["kind"], ws["path"]
-    if kind == "scratch":
-        os.makedirs(ws["root"], mode=0o700, exist_ok=True)
-        if not strictly_inside(path, ws["root"]):
-            raise SpawnError(f"scratch workspace {path} is not inside {ws['root']}")
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        return path
-    if kind == "dir":
-        if not os.path.isdir(path):
-            raise SpawnError(f"workspace dir {path} does not exist")
-        return path
-    if kind == "worktree":
-        repo = ws.get("repo")
-        if not repo:
-            raise SpawnError("worktree workspace needs workspaces.repo in the config")
-        if not os.path.isdir(path):
-            os.makedirs(ws["root"], mode=0o700, exist_ok=True)
-            res = subprocess.run(["git", "-C", repo, "worktree", "add", "-B", f"wt/{task_id}", path],
-                                 capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            if res.returncode != 0:
-                raise SpawnError(f"git worktree add failed: {res.stderr.strip()[-300:]}")
-        return path
-    raise SpawnError(f"unknown workspace kind {kind!r}")
-
-
-def cleanup_workspace(kind: str, path: str, root: str, repo: str | None) -> str:
-    """Remove a finished task's workspace if it is ours to remove; returns what happened."""
-    if kind == "scratch":
-        if not os.path.lexists(path):
-            return "absent"
-        if not strictly_inside(path, root):
-            return f"refused: {path} is not strictly inside {root} after resolving symlinks"
-        shutil.rmtree(os.path.realpath(path), ignore_errors=True)
-        return "removed"
-    if kind == "worktree":
-        if not os.path.isdir(path):
-            return "absent"
-        res = subprocess.run(["git", "-C", path, "status", "--porcelain"], capture_output=True, text=True,
-                             stdin=subprocess.DEVNULL)
-        if res.returncode != 0 or res.stdout.strip():
-            return "kept: worktree has uncommitted changes"
-        res = subprocess.run(["git", "-C", repo or path, "worktree", "remove", path], capture_output=True,
-                             text=True, stdin=subprocess.DEVNULL)
-        return "removed" if res.returncode == 0 else f"kept: {res.stderr.strip()[-200:]}"
-    return "kept"
 
 
 def rotate_if_needed(path: str, max_bytes: int) -> bool:

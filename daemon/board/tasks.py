@@ -48,6 +48,17 @@ def get(conn: sqlite3.Connection, task_id: str) -> sqlite3.Row:
     return row
 
 
+def get_for(conn: sqlite3.Connection, task_id: str, verb: str, subject: str = "task") -> sqlite3.Row:
+    """The task row, if ``verb``'s guard (``transitions.VERB_GUARDS``) accepts its status.
+
+    Raises:
+        RPCError: ``not_found``, or ``illegal_transition`` naming the task, status and verb.
+    """
+    row = get(conn, task_id)
+    transitions.check(task_id, row["status"], verb, subject)
+    return row
+
+
 def to_dict(row: sqlite3.Row, parents: list[str] | None = None) -> dict[str, Any]:
     """A task row as the wire object."""
     d = dict(row)
@@ -178,6 +189,8 @@ def link(conn: sqlite3.Connection, now: float, parent: str, child: str) -> dict[
     prow, crow = get(conn, parent), get(conn, child)
     if parent == child:
         raise RPCError("conflict", f"cannot link task {parent} to itself", id=parent)
+    transitions.check(parent, prow["status"], "link", "parent")
+    transitions.check(child, crow["status"], "link", "child")
     if _would_cycle(conn, parent, child):
         raise RPCError("conflict", f"linking {parent} -> {child} would make a cycle", parent=parent, child=child)
     if conn.execute("SELECT 1 FROM links WHERE parent=? AND child=?", (parent, child)).fetchone():
@@ -191,8 +204,8 @@ def link(conn: sqlite3.Connection, now: float, parent: str, child: str) -> dict[
 
 
 def unlink(conn: sqlite3.Connection, now: float, parent: str, child: str) -> dict[str, Any]:
-    get(conn, parent)
-    crow = get(conn, child)
+    get_for(conn, parent, "unlink", "parent")
+    crow = get_for(conn, child, "unlink", "child")
     cur = conn.execute("DELETE FROM links WHERE parent=? AND child=?", (parent, child))
     if cur.rowcount == 0:
         raise RPCError("not_found", f"no link {parent} -> {child}", parent=parent, child=child)
@@ -243,6 +256,9 @@ def complete(conn: sqlite3.Connection, now: float, ids: list[str], summary: str 
         raise RPCError("invalid_params", "no task ids given (outside a worker, name the tasks)", field="ids")
     if run is not None and len(ids) != 1:
         raise RPCError("invalid_params", "a run token completes exactly one task", field="ids")
+    if metadata is not None and run is None:
+        raise RPCError("invalid_params", "metadata is stored on the run: only the run's worker (with --run) "
+                       "can give it", field="metadata")
     done, promoted = [], []
     for task_id in ids:
         row = get(conn, task_id)
@@ -267,6 +283,8 @@ def block(conn: sqlite3.Connection, now: float, ids: list[str], reason: str, run
         raise RPCError("invalid_params", "no task ids given", field="ids")
     if not reason.strip():
         raise RPCError("invalid_params", "a block needs a reason", field="reason")
+    if run is not None and len(ids) != 1:
+        raise RPCError("invalid_params", "a run token blocks exactly one task", field="ids")
     out = []
     for task_id in ids:
         row = get(conn, task_id)
@@ -330,7 +348,7 @@ def assign(conn: sqlite3.Connection, now: float, task_id: str, assignee: str | N
            source: str = "operator") -> dict[str, Any]:
     """Change the assignee. A running task's run is ended first (``reassigned``, not a
     failure); the task is requeued for its new assignee once the run's processes are gone."""
-    row = get(conn, task_id)
+    row = get_for(conn, task_id, "assign")
     conn.execute("UPDATE tasks SET assignee=?, updated_at=?, skip_noted=NULL WHERE id=?", (assignee, now, task_id))
     fenced = None
     if row["status"] == "running" and row["current_run"] and assignee != row["assignee"]:
@@ -395,7 +413,7 @@ def retry(conn: sqlite3.Connection, now: float, ids: list[str], reason: str | No
 
 def comment(conn: sqlite3.Connection, now: float, task_id: str, body: str, author: str | None = None
             ) -> dict[str, Any]:
-    get(conn, task_id)
+    get_for(conn, task_id, "comment")  # always allowed; through the guard table all the same
     if not body.strip():
         raise RPCError("invalid_params", "comment body must not be empty", field="body")
     author = author or os.environ.get("USER")
@@ -407,7 +425,9 @@ def comment(conn: sqlite3.Connection, now: float, task_id: str, body: str, autho
 
 def edit(conn: sqlite3.Connection, now: float, task_id: str, title: str | None = None,
          body: str | None = None, priority: int | None = None) -> dict[str, Any]:
-    get(conn, task_id)
+    row = get_for(conn, task_id, "edit")
+    if priority is not None:
+        transitions.check(task_id, row["status"], "edit --priority")
     changes = {k: v for k, v in (("title", title), ("body", body), ("priority", priority)) if v is not None}
     if not changes:
         raise RPCError("invalid_params", "nothing to edit: give --title, --body or --priority", field="title")

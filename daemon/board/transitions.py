@@ -6,6 +6,12 @@ Every status change on the board goes through :func:`move`. A row says: from
 these statuses, this move leads to that status, if the guard holds. The
 target ``READY_OR_TODO`` resolves to ``ready`` when the task has no open parent
 and ``todo`` otherwise.
+
+Verbs that change a task without moving its status (edit, assign, comment,
+link, unlink, subscribe) go through :func:`check` and the ``VERB_GUARDS``
+table instead: each names the statuses it accepts, so a verb never has a
+silently meaningless effect (assigning a task that will never run again,
+linking a parent to a finished child, subscribing to an archived task).
 """
 
 from __future__ import annotations
@@ -33,7 +39,40 @@ class Transition:
 GUARDS = {
     "": "always",
     "no_open_parents": "every parent is done or archived",
+    "open": "the task is open (not done or archived)",
+    "not_archived": "the task is not archived",
 }
+
+#: The statuses each verb guard accepts.
+GUARD_STATUSES: dict[str, frozenset[str]] = {
+    "": frozenset(STATUSES),
+    "open": OPEN_STATUSES,
+    "not_archived": frozenset(STATUSES) - {"archived"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class VerbGuard:
+    """A verb that changes no status is allowed on ``subject`` when ``guard`` holds for it."""
+
+    verb: str
+    subject: str  # "task", or for link/unlink "parent" / "child"
+    guard: str    # a key of GUARD_STATUSES
+    doc: str = ""
+
+
+VERB_GUARDS: tuple[VerbGuard, ...] = (
+    VerbGuard("comment", "task", "", "a note is meaningful on any task, archived ones included"),
+    VerbGuard("edit", "task", "", "title and body: a record, correctable on any task"),
+    VerbGuard("edit --priority", "task", "open", "priority orders dispatch; a closed task is never dispatched"),
+    VerbGuard("assign", "task", "open", "the assignee runs it next; a closed task never runs again"),
+    VerbGuard("link", "child", "open", "a parent holds back only a task that has yet to finish"),
+    VerbGuard("link", "parent", "", "a closed parent holds nothing back: the child stays ready"),
+    VerbGuard("unlink", "child", "open", "as for link"),
+    VerbGuard("unlink", "parent", "", "as for link"),
+    VerbGuard("subscribe", "task", "not_archived", "a task's subscriptions end when it is archived"),
+)
+_VERB_INDEX: dict[tuple[str, str], VerbGuard] = {(g.verb, g.subject): g for g in VERB_GUARDS}
 
 
 def _t(move: str, sources: str, target: str, guard: str = "", doc: str = "") -> Transition:
@@ -101,10 +140,35 @@ def move(task_id: str, status: str, move_name: str, *, open_parents: int) -> str
     return row.target
 
 
+def allowed(status: str, verb: str, subject: str = "task") -> bool:
+    """Whether ``verb`` may act on a ``subject`` task in ``status`` (see ``VERB_GUARDS``)."""
+    return status in GUARD_STATUSES[_VERB_INDEX[(verb, subject)].guard]
+
+
+def check(task_id: str, status: str, verb: str, subject: str = "task") -> None:
+    """Refuse ``verb`` on a task whose status its guard does not accept.
+
+    Raises:
+        RPCError: ``illegal_transition`` naming the task, its status, the move (the verb)
+            and the guard, e.g. ``task t_1a2b3c4d is archived; cannot edit it``.
+    """
+    g = _VERB_INDEX[(verb, subject)]
+    if status not in GUARD_STATUSES[g.guard]:
+        what = f"{verb} it" if subject == "task" else f"{verb} it as a {subject}"
+        raise RPCError("illegal_transition", f"task {task_id} is {status}; cannot {what} (only when {GUARDS[g.guard]})",
+                       task=task_id, status=status, move=verb, guard=g.guard)
+
+
 def render_markdown() -> str:
-    """The table as Markdown, for ``docs/lifecycle.md``."""
+    """The tables as Markdown, for ``docs/lifecycle.md``: the transitions, then the verb guards."""
     rows = ["| move | from | to | guard | when |", "|---|---|---|---|---|"]
     for r in TABLE:
         rows.append(f"| `{r.move}` | {', '.join(sorted(r.sources))} | {r.target.replace('|', ' or ')} | "
                     f"{GUARDS[r.guard]} | {r.doc} |")
+    rows += ["", "Verbs that change no status are checked by a named guard:", "",
+             "| verb | on | allowed | refused on | why |", "|---|---|---|---|---|"]
+    for g in VERB_GUARDS:
+        refused = [s for s in STATUSES if s not in GUARD_STATUSES[g.guard]]
+        rows.append(f"| `{g.verb}` | {g.subject} | {f'`{g.guard}`: ' if g.guard else ''}{GUARDS[g.guard]} | "
+                    f"{', '.join(refused) or '-'} | {g.doc} |")
     return "\n".join(rows) + "\n"

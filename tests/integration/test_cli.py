@@ -331,10 +331,14 @@ def test_server_errors_exit_1_naming_the_id(d):
 def test_not_running_message_after_retrying(d, tmp_path):
     sock = str(tmp_path / "gone.sock")
     t0 = time.monotonic()
-    res = d.cli("list", "--json", check=False, env={"KANBAN_SOCKET": sock})
+    res = d.cli("list", check=False, env={"KANBAN_SOCKET": sock})
     elapsed = time.monotonic() - t0
     assert res.returncode == 1 and res.stdout == ""
     assert one_line_err(res) == "kanban: " + NOT_RUNNING.format(sock)
+    res = d.cli("list", "--json", check=False, env={"KANBAN_SOCKET": sock})
+    assert res.returncode == 1 and res.stdout == ""
+    assert json.loads(one_line_err(res)) == {"error": {"name": "not_running", "message": NOT_RUNNING.format(sock),
+                                                       "data": {}}}
     assert elapsed >= 1.5, f"the client should retry for ~2 s, gave up after {elapsed:.2f}s"
 
 

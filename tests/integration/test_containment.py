@@ -238,10 +238,12 @@ def test_kill_and_reassign_end_the_run_first(make_daemon):
     first = wait_for(lambda: (r := runs(d, t)) and r[0]["state"] == "running" and r[0], what="running")
     d.cli("assign", t, "b")
     # the task stays running under its old run until that run's processes are gone, then runs under b
+    assert d.task(t)["status"] == "running" and runs(d, t)[0]["state"] in ("exiting", "ended")
     done = d.wait_status(t, "done", timeout=15)
     assert done["summary"] == "by-b"
     rs = runs(d, t)
     assert [r["outcome"] for r in rs] == ["reassigned", "completed"] and rs[1]["profile"] == "b"
+    assert rs[0]["id"] == first["id"] and not containment.alive(first["worker_pid"])
     assert rs[1]["claimed_at"] >= rs[0]["ended_at"]
     assert procs_with(paths["a"]) == []
     # kill --block: blocked at once, the run ends after kill_grace

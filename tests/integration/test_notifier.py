@@ -266,7 +266,7 @@ def test_desktop_sink_uses_notify_send_and_warns_once_without_it(make_daemon, mo
     t1 = done_task(d, "first", summary="shown")
     wait_for(calls.exists, what="notify-send to run")
     args = json.loads(calls.read_text())
-    assert args == ["--app-name=kanban", "--urgency=normal", f"kanban: completed {t1}", "first\nshown"]
+    assert args == ["--app-name=kanban", "--urgency=normal", "--", f"kanban: completed {t1}", "first\nshown"]
     (fake / "notify-send").unlink()
     for i in range(4):  # more than max_failures: none of them may count as a failure
         done_task(d, f"unseen {i}")

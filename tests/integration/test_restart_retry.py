@@ -213,3 +213,28 @@ def test_a_worker_verb_gives_up_after_kanban_retry_for(make_daemon):
     assert res.returncode == 1 and "retrying" not in res.stderr and "not running" in res.stderr
     bad = d.cli("heartbeat", check=False, env={**env, "KANBAN_RETRY_FOR": "soon"})
     assert bad.returncode == 2 and "KANBAN_RETRY_FOR" in bad.stderr and "'soon'" in bad.stderr
+
+
+def test_tail_exits_when_its_task_is_done_unless_follow(make_daemon):
+    d = make_daemon()
+    t = d.rpc("task.create", {"title": "tailed to the end", "triage": True})["id"]
+    plain = subprocess.Popen([KANBAN, "tail", t, "--json"], stdout=subprocess.PIPE, env=d.env(), cwd=d.tmp)
+    follow = subprocess.Popen([KANBAN, "tail", t, "--follow", "--json"], stdout=subprocess.PIPE, env=d.env(),
+                              cwd=d.tmp)
+    try:
+        # no need to wait for the tails to attach: each replays from the task's last events (no gap)
+        d.rpc("task.comment", {"id": t, "body": "first"})
+        d.rpc("task.complete", {"ids": [t]})
+        assert plain.wait(10) == 0
+        kinds = [json.loads(line)["kind"] for line in plain.stdout.read().decode().splitlines()]
+        assert kinds[-1] == "completed" and "commented" in kinds
+        d.rpc("task.comment", {"id": t, "body": "after done"})
+        assert follow.poll() is None, "--follow must keep going after the task is done"
+    finally:
+        for p in (plain, follow):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    # a task that is already done: the last events, then exit at once
+    done = subprocess.run([KANBAN, "tail", t], capture_output=True, text=True, env=d.env(), timeout=10)
+    assert done.returncode == 0 and "completed" in done.stdout
