@@ -17,7 +17,7 @@ import sys
 
 from client import fastargs, protocol
 from client.formats import FORMATTERS, fmt_default, fmt_event, use_color
-from client.rpc import Client, NotRunning, ServerError
+from client.rpc import Client, ConnectError, ServerError
 
 #: Flags whose CLI name differs from the wire name (repeatable singular forms).
 FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kinds": "kinds"}
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             if protocol.METHODS[ns._method].stream:
                 return stream(client, ns._verb, params, as_json)
             result = client.call(ns._method, params)
-    except NotRunning as exc:
+    except ConnectError as exc:
         print(f"kanban: {exc}", file=sys.stderr)
         return 1
     except ServerError as exc:

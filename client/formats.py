@@ -116,6 +116,8 @@ def fmt_status(r: dict, color: bool) -> str:
     lines.append(table(rows, ["role", "pid", "state", "restarts", "heartbeat"]))
     if r.get("flapping"):
         lines.append(f"FLAPPING: {', '.join(r['flapping'])}")
+    if r.get("board_error"):
+        lines.append(f"BOARD DAMAGED: {r['board_error']}")
     lines += ["", ", ".join(f"{n} {k}" for k, n in s.items() if n) or "board is empty"]
     return "\n".join(lines)
 

@@ -4,6 +4,10 @@ Runs in: the reaper and the notifier. Each keeps one connection to the
 dispatcher's socket, sends requests (answered later, matched by id) and
 receives server-pushed notifications (``spawn``, ``kill``, ``cleanup``,
 ``event``). :class:`Link` adds reconnects and selector upkeep on top.
+
+Like the CLI, a role checks who serves the socket (``SO_PEERCRED``: our uid
+or root) before it sends anything, so a socket swapped in by another user
+never receives a reaper's or notifier's traffic.
 """
 
 from __future__ import annotations
@@ -14,6 +18,12 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
+from client.rpc import UntrustedServer, check_server
+
+log = structlog.get_logger()
+
 Callback = Callable[[dict[str, Any]], None]
 
 
@@ -21,10 +31,17 @@ class Peer:
     """One connection to the dispatcher."""
 
     def __init__(self, path: str, on_notify: Callback, on_close: Callable[[Peer], None] | None = None) -> None:
+        """Connect to ``path`` and check the server's uid.
+
+        Raises:
+            OSError: The connection failed.
+            UntrustedServer: Another uid (not root) serves the socket.
+        """
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(path)
-        except OSError:
+            check_server(self.sock, path)
+        except (OSError, UntrustedServer):
             self.sock.close()
             raise
         self.sock.setblocking(False)
@@ -140,6 +157,9 @@ class Link:
             try:
                 self.peer = Peer(self.path, self.on_notify, on_close=self._unregister)
             except OSError:
+                self._schedule(now)
+            except UntrustedServer as exc:
+                log.error("socket.server_refused", socket=self.path, error=str(exc))
                 self._schedule(now)
             else:
                 self.sel.register(self.peer.fd, 1, self.key)

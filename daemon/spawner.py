@@ -11,6 +11,10 @@ Files per run (under ``<state>/runs/``): ``<run>.pid`` (wrapper pid, its
 process start time, worker pid) and ``<run>.exit`` (exit code or signal, or
 the reason the command could not start). The reaper deletes both once the
 dispatcher has acknowledged the exit.
+
+Every directory here (logs, runs, the workspaces root, a scratch workspace) is
+checked or created 0700 by :func:`daemon.fsguard.ensure_private_dir`, and every
+file (logs, rotated logs, run files) is opened 0600 whatever the umask.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Any
 
 import psutil
 
+from daemon import fsguard
+
 PLACEHOLDERS = ("task_id", "run_id", "title", "workspace", "config_dir")
 
 
@@ -37,7 +43,7 @@ def write_json_atomic(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     """Write-then-rename, so a reader never sees half a file. No fsync: these files only
     have to outlive the daemon's processes, not the machine (a reboot ends the workers too)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = fsguard.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, json.dumps(obj).encode())
     finally:
@@ -96,10 +102,10 @@ def prepare_workspace(ws: dict[str, Any], task_id: str) -> str:
     """Create (or check) the run's working directory; returns its path."""
     kind, path = ws["kind"], ws["path"]
     if kind == "scratch":
-        os.makedirs(ws["root"], mode=0o700, exist_ok=True)
+        fsguard.ensure_private_dir(ws["root"])
         if not strictly_inside(path, ws["root"]):
             raise SpawnError(f"scratch workspace {path} is not inside {ws['root']}")
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        fsguard.ensure_private_dir(path)
         return path
     if kind == "dir":
         if not os.path.isdir(path):
@@ -110,7 +116,7 @@ def prepare_workspace(ws: dict[str, Any], task_id: str) -> str:
         if not repo:
             raise SpawnError("worktree workspace needs workspaces.repo in the config")
         if not os.path.isdir(path):
-            os.makedirs(ws["root"], mode=0o700, exist_ok=True)
+            fsguard.ensure_private_dir(ws["root"])
             res = subprocess.run(["git", "-C", repo, "worktree", "add", "-B", f"wt/{task_id}", path],
                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if res.returncode != 0:
@@ -142,23 +148,31 @@ def cleanup_workspace(kind: str, path: str, root: str, repo: str | None) -> str:
 
 
 def rotate_if_needed(path: str, max_bytes: int) -> bool:
-    """Copy-truncate rotation: the worker's O_APPEND fd keeps writing to the same file."""
+    """Copy-truncate rotation to ``PATH.1`` (mode 0600): the worker's O_APPEND fd keeps writing to the same file."""
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
         return False
     if size <= max_bytes:
         return False
-    shutil.copyfile(path, path + ".1")
+    with open(path, "rb") as src, os.fdopen(fsguard.open_private(path + ".1", os.O_WRONLY | os.O_CREAT
+                                                                  | os.O_TRUNC), "wb") as dst:
+        shutil.copyfileobj(src, dst)
     os.truncate(path, 0)
     return True
 
 
 def open_log(logs_dir: str, task_id: str, max_bytes: int) -> tuple[int, str]:
-    os.makedirs(logs_dir, mode=0o700, exist_ok=True)
+    """The task's log, opened for appending (0600), rotated first if it grew past ``max_bytes``.
+
+    Raises:
+        fsguard.UnsafePath: The logs dir or the log is not private to us.
+        OSError: The log could not be opened.
+    """
+    fsguard.ensure_private_dir(logs_dir)
     path = os.path.join(logs_dir, f"{task_id}.log")
     rotate_if_needed(path, max_bytes)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = fsguard.open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     return fd, path
 
 
@@ -245,12 +259,17 @@ def start(spec: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
         cwd = prepare_workspace(spec["workspace"], spec["task"])
     except OSError as exc:
         raise SpawnError(f"workspace {spec['workspace']['path']}: {exc.strerror}") from None
+    except fsguard.UnsafePath as exc:
+        raise SpawnError(str(exc)) from None
     values = {"task_id": spec["task"], "run_id": spec["run"], "title": spec["title"], "workspace": cwd,
               "config_dir": spec.get("config_dir") or ""}
     argv = expand(spec["command"], values)
     env = worker_env(spec, paths)
-    logfd, log_path = open_log(paths["logs"], spec["task"], spec["log_max"])
-    os.makedirs(paths["runs"], mode=0o700, exist_ok=True)
+    try:
+        fsguard.ensure_private_dir(paths["runs"])
+        logfd, log_path = open_log(paths["logs"], spec["task"], spec["log_max"])
+    except fsguard.UnsafePath as exc:
+        raise SpawnError(str(exc)) from None
     pid_path, exit_path = run_files(paths["runs"], spec["run"])
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
