@@ -28,6 +28,7 @@ import time
 import pytest
 
 from client.rpc import Client, ServerError
+from daemon.board import db as boarddb
 from tests.harness import KANBAND, wait_for
 
 WD_USEC = 400_000  # a WATCHDOG=1 is due every 0.2 s
@@ -166,12 +167,13 @@ def test_another_board_swapped_in_is_refused(make_daemon):
 
 
 def test_board_without_an_id_file_is_adopted(make_daemon):
-    """A board made before board ids existed (schema 3, no meta table, no id file) keeps its tasks."""
+    """A board made before board ids existed (no meta table, no id file) keeps its tasks."""
     d, ids = populated_and_stopped(make_daemon, n=20)
     os.unlink(os.path.join(d.state, "board.id"))
     conn = sqlite3.connect(board_path(d))
+    before_meta = next(i for i, m in enumerate(boarddb.MIGRATIONS) if "CREATE TABLE meta" in m)
     conn.execute("DROP TABLE meta")
-    conn.execute("PRAGMA user_version=3")
+    conn.execute(f"PRAGMA user_version={before_meta}")
     conn.commit()
     conn.close()
     d.start()
