@@ -124,8 +124,14 @@ def service_install(args: argparse.Namespace) -> int:
         extra += ["--config", str(Path(args.config).resolve())]
     if args.state_dir:
         extra += ["--state-dir", str(Path(args.state_dir).resolve())]
+    from daemon import fsguard
     unit_dir = xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user"
-    unit_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fsguard.ensure_private_dir(unit_dir)  # whoever can write here can run code as us
+    except fsguard.UnsafePath as exc:
+        return fail(str(exc), 1)
+    except OSError as exc:
+        return fail(f"cannot write the unit: {describe_oserror(exc)}", 1)
     target = unit_dir / "kanband.service"
     try:
         text = render_unit(exe, extra)
