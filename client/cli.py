@@ -26,8 +26,8 @@ import sys
 
 from client import fastargs, protocol
 from client.formats import FORMATTERS, PagedList, escape, fmt_default, fmt_event, scrub, use_color
-from client.rpc import (CONNECT_RETRY, Client, NotRunning, ServerError, call_retrying, follow_resuming,
-                        new_request_id, retry_for_from_env)
+from client.rpc import (CONNECT_RETRY, Client, ConnectError, NotRunning, ServerError, call_retrying,
+                        follow_resuming, new_request_id, retry_for_from_env)
 
 EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
@@ -380,8 +380,9 @@ def run(argv: list[str]) -> int:
         else:
             with Client(ns.socket) as client:
                 result = client.call(ns._method, params)
-    except NotRunning as exc:
-        fail(as_json, "not_running", str(exc), line=f"kanban: {exc}")
+    except ConnectError as exc:  # not running, an untrusted server, a socket path too long
+        fail(as_json, "not_running" if isinstance(exc, NotRunning) else "connect_refused", str(exc),
+             line=f"kanban: {exc}")
         return 1
     except ServerError as exc:
         data = {k: v for k, v in (exc.error.get("data") or {}).items() if k != "name"}

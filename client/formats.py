@@ -204,6 +204,8 @@ def fmt_status(r: dict, color: bool) -> str:
     live = r.get("runs") or {}
     if live:
         lines.append("live runs: " + ", ".join(f"{n} {st}" for st, n in live.items()))
+    if r.get("board_error"):
+        lines.append(f"BOARD DAMAGED: {r['board_error']}")
     lines += ["", ", ".join(f"{n} {k}" for k, n in s.items() if n) or "board is empty"]
     return "\n".join(lines)
 

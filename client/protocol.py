@@ -145,7 +145,8 @@ ERROR_DOCS: dict[str, str] = {
     "conflict": "the request contradicts the board (a cycle, an open parent, a busy task...)",
     "stale_token": "the run id (fencing token) is not the task's current run",
     "frame_too_large": "the request line exceeds MAX_FRAME bytes",
-    "unavailable": "the daemon cannot serve this right now (shutting down, reaper not attached)",
+    "unavailable": "the daemon cannot serve this right now (shutting down, reaper not attached, or the board "
+                   "file is damaged: then every write, and every read that fails, names the board file)",
     "permission_denied": "the caller may not do this: another uid, an internal method from outside the "
                          "daemon's roles, or a worker acting outside its own run; data names the run and task",
 }
@@ -478,7 +479,7 @@ _METHOD_LIST: tuple[Method, ...] = (
     ),
     Method(
         "daemon.status", "Daemon version, pid, uptime, board path, per-role state and board summary",
-        result="{version, pid, uptime, board, roles, summary}", verb="status",
+        result="{version, pid, uptime, board, roles, summary, board_error}", verb="status",
     ),
     Method(
         "dispatch.run", "Run one dispatch pass now",

@@ -1,6 +1,11 @@
 """Client side of the JSON-RPC transport. Stdlib only.
 
-Runs in: the ``kanban`` CLI, workers, tests and benchmarks.
+Runs in: the ``kanban`` CLI, workers, tests and benchmarks; :func:`check_server`
+and :func:`check_socket_path` also in the daemon (its roles' connections, its bind).
+
+Every connection checks who serves the socket (``SO_PEERCRED``): only our own
+uid or root is trusted, so a socket planted by another local user is refused
+instead of being sent our requests.
 
 Two retry regimes:
 
@@ -20,6 +25,7 @@ import errno
 import itertools
 import os
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,9 +39,53 @@ WORKER_RETRY_FOR = 120.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
 
+#: ``sun_path`` holds 108 bytes, the terminating NUL included.
+SUN_PATH_MAX = 107
 
-class NotRunning(Exception):
+
+class ConnectError(Exception):
+    """No trustworthy kanband could be reached on the socket; the message says why."""
+
+
+class NotRunning(ConnectError):
     """No daemon answers on the socket."""
+
+
+class UntrustedServer(ConnectError):
+    """The process serving the socket runs as another uid than ours (and is not root)."""
+
+
+class PathTooLong(ConnectError):
+    """The socket path does not fit in ``sun_path``."""
+
+
+def check_socket_path(path: str) -> None:
+    """Raises:
+        PathTooLong: ``path`` is longer than ``SUN_PATH_MAX`` bytes; the message names it and the limit.
+    """
+    n = len(os.fsencode(path))
+    if n > SUN_PATH_MAX:
+        raise PathTooLong(f"socket path too long: {path} is {n} bytes, and a Unix socket path can have at most "
+                          f"{SUN_PATH_MAX} (sun_path is 108 bytes with the NUL); choose a shorter path")
+
+
+def check_server(sock: socket.socket, path: str) -> None:
+    """Check the credentials of the process serving ``sock`` (``SO_PEERCRED``): our uid or root.
+
+    Raises:
+        UntrustedServer: Naming the socket and the uid found.
+    """
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    me = os.getuid()
+    if uid not in (me, 0):
+        try:
+            import pwd
+            name = f" ({pwd.getpwuid(uid).pw_name})"
+        except (ImportError, KeyError):
+            name = ""
+        raise UntrustedServer(
+            f"refusing the server on {path}: it runs as uid {uid}{name}, not as you (uid {me}) or root; "
+            f"another user may have planted it: remove {os.path.dirname(path) or path} and restart kanband")
 
 
 class ServerError(Exception):
@@ -71,12 +121,19 @@ class Client:
         self.ids = itertools.count(1)
 
     def _connect(self, retry: float) -> socket.socket:
+        """Connect, retrying for ``retry`` seconds while nothing listens; then check who serves.
+
+        Raises:
+            PathTooLong: The path cannot be a socket path.
+            NotRunning: Nothing answered in time.
+            UntrustedServer: Another uid serves the socket.
+        """
+        check_socket_path(self.path)
         deadline = time.monotonic() + retry
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(self.path)
-                return sock
             except OSError as exc:
                 sock.close()
                 if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN) \
@@ -85,6 +142,13 @@ class Client:
                         f"kanband is not running (no socket at {self.path}); start it with `kanband` or "
                         "`systemctl --user start kanband`") from None
                 time.sleep(0.05)
+                continue
+            try:
+                check_server(sock, self.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
 
     def close(self) -> None:
         self.sock.close()

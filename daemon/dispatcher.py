@@ -10,6 +10,13 @@ is sent before the ``COMMIT`` (group commit). After the commit it publishes
 the new events to followers, reacts to them (kill, cleanup), and runs a
 dispatch pass if any event could have made a task runnable. A periodic tick
 is only the backstop for time-based rules (cooldowns, claim expiry).
+
+A damaged board (SQLite says ``SQLITE_CORRUPT`` or ``SQLITE_NOTADB``, at
+start or at any later read or write) makes the dispatcher unhealthy, never a
+crash loop: it stops writing and dispatching, answers writes (and reads that
+fail) with ``unavailable`` naming the board file, reports ``board_error`` in
+``daemon.status``, and its heartbeat says ``ready: False`` with the error, so
+the supervisor shows it in ``STATUS=`` and stops the watchdog.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import selectors
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -27,7 +35,7 @@ import structlog
 from client.protocol import METHODS, RPCError, check_params
 from daemon import containment, ipc, roles
 from daemon.board import db as boarddb
-from daemon.board import plan, requests, runs, tasks
+from daemon.board import integrity, plan, requests, runs, tasks
 from daemon.handlers import HANDLERS, Ctx
 
 log = structlog.get_logger()
@@ -48,11 +56,12 @@ class Dispatcher:
         self.paths = ctx.paths
         self.supervisor_pid = ctx.supervisor_pid
         self.started_at = time.time()
-        self.db = boarddb.connect(self.paths["board"])
+        self.board_error: str | None = None  # set once the board is found damaged; never cleared
+        self.db: sqlite3.Connection | None = None
         self.sel = selectors.DefaultSelector()
         self.server = ipc.Server(ctx.listener, self.sel, self.cfg)
         self.reaper: ipc.Connection | None = None
-        self.published = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        self.published = 0
         self.dispatch_needed = True
         self.pending_spawns: list[dict[str, Any]] = []
         self.pending_pushes: list[tuple[ipc.Connection, dict[str, Any]]] = []
@@ -67,6 +76,13 @@ class Dispatcher:
         self.contain = containment.from_paths(self.paths)
         self.role_pids: set[int] = {self.supervisor_pid}
         self.on_channel(roles.early_messages(ctx))
+        try:
+            self.db = integrity.open_existing(self.paths["board"], self.paths["board_id"])
+            self.published = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        except (integrity.BoardError, sqlite3.DatabaseError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and not boarddb.is_corrupt(exc):
+                raise
+            self.board_failed(exc)
 
     # ---- role plumbing ---------------------------------------------------
 
@@ -94,7 +110,41 @@ class Dispatcher:
             elif msg["t"] == "stopping":
                 self.stopping = True
 
+    def board_failed(self, exc: BaseException | None) -> None:
+        """The board is damaged: stop writing and dispatching, and say so (log, heartbeat, status)."""
+        if self.board_error is None:
+            msg = str(exc)
+            self.board_error = msg if self.paths["board"] in msg else f"board {self.paths['board']}: {msg}"
+            log.error("board.damaged", board=self.paths["board"], error=self.board_error)
+            self.pending_spawns.clear()
+            self.dispatch_needed = False
+            self.next_tick = float("inf")
+            self.heartbeat()
+        if self.db is not None and self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def guarded(self, step: Callable[[], Any]) -> None:
+        """Run one board step of the loop: a damaged board makes us unhealthy instead of killing the role."""
+        try:
+            step()
+        except sqlite3.DatabaseError as exc:
+            if not boarddb.is_corrupt(exc):
+                raise
+            self.replays.clear()
+            self.board_failed(exc)
+
+    def unavailable(self, r: ipc.Request) -> dict[str, Any]:
+        return ipc.error_frame(r.id, RPCError("unavailable", f"{self.board_error}; kanband does not read or write "
+                                                            "it until it is repaired", board=self.paths["board"]))
+
     def heartbeat(self) -> None:
+        if self.board_error is not None:
+            roles.send(self.ctx.channel, {"t": "hb", "ready": False, "error": self.board_error,
+                                          "reaper": self.reaper is not None})
+            return
         if self.summary is None:
             counts = {s: n for s, n in self.db.execute("SELECT status, count(*) FROM tasks GROUP BY status")}
             self.summary = {k: counts.get(k, 0) for k in ("running", "ready", "blocked", "todo")}
@@ -102,8 +152,23 @@ class Dispatcher:
 
     # ---- serving ---------------------------------------------------------
 
+    def serve_damaged(self, reqs: list[ipc.Request]) -> None:
+        """Serve a batch on a damaged board: writes are refused, reads are tried (no cache)."""
+        now = time.time()
+        for r in reqs:
+            method = METHODS.get(r.method)
+            if self.db is None and r.method != "daemon.status" or method is not None and method.writes:
+                resp = self.unavailable(r)
+            else:
+                resp = self._call(r, now, savepoint=False)
+            if not r.notify:
+                self.server.send(r.conn, resp)
+
     def serve(self, reqs: list[ipc.Request]) -> bool:
         """Serve one batch; all its writes share one transaction. Returns whether it wrote."""
+        if self.board_error is not None:
+            self.serve_damaged(reqs)
+            return False
         now = time.time()
         n_writes = sum(1 for r in reqs if r.method in METHODS and METHODS[r.method].writes)
         in_tx = n_writes > 0
@@ -114,6 +179,9 @@ class Dispatcher:
         for r in reqs:
             if not budget.allows(r.conn):
                 deferred.append(r)
+                continue
+            if self.board_error is not None:  # found damaged earlier in this batch
+                out.append((r, self.unavailable(r)))
                 continue
             if not in_tx and r.method == "task.show":
                 frame = self._show_frame(r, now)
@@ -132,17 +200,23 @@ class Dispatcher:
                 resp = ipc.encode(resp)
                 budget.spend(r.conn, len(resp))
             out.append((r, resp))
+        if self.board_error is not None:  # found damaged by this batch: nothing of it is committed
+            self.board_failed(None)
+            out = [(r, self.unavailable(r)) for r, _ in out]
+            in_tx = False
         if in_tx:
             self._dispatch_in_tx(now)
             try:
                 self.db.execute("COMMIT")
             except sqlite3.Error as exc:
                 log.error("board.commit_failed", error=str(exc))
+                if boarddb.is_corrupt(exc):
+                    self.board_failed(exc)
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 self.pending_spawns.clear()
                 err = RPCError("internal_error", f"commit failed: {exc}")
-                out = [(r, ipc.error_frame(r.id, err)) for r, _ in out]
+                out = [(r, self.unavailable(r) if self.board_error else ipc.error_frame(r.id, err)) for r, _ in out]
         for r, resp in out:
             if not r.notify:
                 self.server.send(r.conn, resp)
@@ -188,7 +262,10 @@ class Dispatcher:
         try:
             with boarddb.savepoint(self.db, "dispatch"):
                 self.dispatch_pass(self.db, now)
-        except Exception:
+        except Exception as exc:
+            if boarddb.is_corrupt(exc):
+                self.board_failed(exc)
+                return
             log.exception("dispatch.pass_failed")
             self.pending_spawns.clear()
             return
@@ -215,6 +292,11 @@ class Dispatcher:
             return ipc.error_frame(r.id, exc)
         except sqlite3.Error as exc:
             log.error("rpc.db_error", method=r.method, error=str(exc))
+            if boarddb.is_corrupt(exc):
+                self.board_failed(exc)
+                if r.method == "daemon.status":  # the status of a damaged board is still served
+                    return self._call(r, now, savepoint=False)
+                return self.unavailable(r)
             return ipc.error_frame(r.id, RPCError("internal_error", f"{r.method}: database error: {exc}"))
         except Exception as exc:  # a bug: never let a client's request kill the daemon
             log.exception("rpc.handler_crashed", method=r.method)
@@ -492,7 +574,9 @@ class Dispatcher:
         try:
             with boarddb.write(self.db):
                 self.dispatch_pass(self.db, now, unprofiled=unprofiled, candidates=candidates)
-        except Exception:
+        except Exception as exc:
+            if boarddb.is_corrupt(exc):
+                raise
             log.exception("dispatch.pass_failed")
             self.pending_spawns.clear()
             return
@@ -531,18 +615,20 @@ class Dispatcher:
         while True:
             mono = time.monotonic()
             if mono >= next_hb:
-                self.heartbeat()
+                self.guarded(self.heartbeat)
                 next_hb = mono + self.cfg["supervisor"]["heartbeat_interval"]
             if mono >= self.next_tick:
-                self.tick()
+                self.guarded(self.tick)
             if mono >= self.server.sweep_at:
                 self.server.sweep(mono)
             if self.reaper is not None and self.reaper.closed:
                 log.warning("reaper.detached")
                 self.reaper = None
+            if self.board_error is not None:
+                self.dispatch_needed = False
             if self.dispatch_needed:
-                self.run_pass()
-                self.publish()
+                self.guarded(self.run_pass)
+                self.guarded(self.publish)
             timeout = max(0.0, min(next_hb, self.next_tick, self.server.sweep_at) - time.monotonic())
             if self.dispatch_needed or self.server.has_backlog:
                 timeout = 0.0
@@ -569,7 +655,7 @@ class Dispatcher:
                         self.server.close_all()
                         return 0
             if reqs and (self.serve(reqs) or self.replays):
-                self.publish()
+                self.guarded(self.publish)
 
 
 def run(ctx: roles.RoleContext) -> int:
@@ -579,7 +665,8 @@ def run(ctx: roles.RoleContext) -> int:
     try:
         return d.loop()
     finally:
-        d.db.close()
+        if d.db is not None:
+            d.db.close()
 
 
 __all__ = ["Dispatcher", "run"]

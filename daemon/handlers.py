@@ -190,11 +190,11 @@ def daemon_status(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return {"version": __version__, "pid": d.supervisor_pid, "dispatcher_pid": os.getpid(),
             "uptime": ctx.now - d.started_at, "board": d.paths["board"], "socket": d.paths["socket"],
             "state_dir": d.paths["state_dir"], "config": ctx.cfg.get("_file"), "roles": d.role_table(ctx.now),
-            "flapping": d.flapping, "reaper_attached": d.reaper is not None,
+            "flapping": d.flapping, "reaper_attached": d.reaper is not None, "board_error": d.board_error,
             "containment": d.contain.describe(),
-            "runs": {st: n for st, n in ctx.db.execute(
+            "runs": {} if d.board_error else {st: n for st, n in ctx.db.execute(
                 "SELECT state, count(*) FROM runs WHERE state != 'ended' GROUP BY state")},
-            "summary": tasks.stats(ctx.db, ctx.now)["by_status"]}
+            "summary": {} if d.board_error else tasks.stats(ctx.db, ctx.now)["by_status"]}
 
 
 @handler("dispatch.run")

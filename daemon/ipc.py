@@ -45,6 +45,8 @@ from typing import Any
 import structlog
 
 from client.protocol import INT64_MAX, INT64_MIN, MAX_FRAME, FrameError, RPCError, loads, text_problem
+from client.rpc import check_socket_path
+from daemon import fsguard
 
 log = structlog.get_logger()
 
@@ -69,17 +71,21 @@ class SocketInUse(Exception):
 
 
 def bind(path: str | os.PathLike) -> socket.socket:
-    """Create the listening socket: mode 0600 in a 0700 directory.
+    """Create the listening socket: mode 0600 in a private directory.
 
-    A leftover socket file with no server behind it is replaced.
+    The directory is created 0700, or must already be ours, a real directory,
+    with no group or other write (:func:`daemon.fsguard.ensure_private_dir`):
+    in a directory someone else can write to, they could swap the socket. A
+    leftover socket file with no server behind it is replaced.
 
     Raises:
+        client.rpc.PathTooLong: ``path`` does not fit in ``sun_path``.
+        fsguard.UnsafePath: The directory is not private to us.
         SocketInUse: Something answers on ``path``.
     """
+    check_socket_path(os.fspath(path))
     path = Path(path)
-    if not path.parent.exists():  # ours: private. An existing directory is left as it is.
-        path.parent.mkdir(parents=True, mode=0o700)
-        os.chmod(path.parent, 0o700)
+    fsguard.ensure_private_dir(path.parent)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise SocketInUse(f"{path} exists and is not a socket")

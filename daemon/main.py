@@ -4,7 +4,12 @@ Runs in: the daemon's main PID (which becomes the supervisor).
 
     kanband [--config FILE] [--state-dir DIR] [--socket PATH]
     kanband --check-config [--config FILE]
+    kanband --init-board [--config FILE] [--state-dir DIR]
     kanband service install [--now] [--force]
+
+A start-up failure (an unsafe directory, a missing or damaged board, a
+read-only or full disk, a socket in use) is one line on stderr naming the path
+and the cause, and exit status 1; never a traceback.
 """
 
 from __future__ import annotations
@@ -12,15 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from client.rpc import PathTooLong, check_socket_path
 from daemon import __version__
 from daemon import config as config_mod
 from daemon import log as daemon_log
-
-SUN_PATH_MAX = 107
 
 
 def xdg(var: str, fallback: str) -> Path:
@@ -50,6 +55,7 @@ def resolve_paths(cfg: dict, state_dir: str | None, socket_path: str | None) -> 
         "board": str(Path(cfg["board"]["path"]).expanduser()) if cfg["board"]["path"] else str(state / "board.db"),
         "socket": str(sock),
         "pidfile": str(state / "kanband.pid"),
+        "board_id": str(state / "board.id"),
         "logs": str(state / "logs"),
         "runs": str(state / "runs"),
         "workspaces": str(Path(cfg["workspaces"]["root"]).expanduser()) if cfg["workspaces"]["root"]
@@ -63,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help=f"board, logs and run files (default: {default_state_dir()})")
     p.add_argument("--socket", help=f"Unix socket path (default: {default_socket()})")
     p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument("--init-board", action="store_true",
+                   help="create a new, empty board where the board file is missing or empty, and exit "
+                        "(never replaces a non-empty board)")
     p.add_argument("--version", action="version", version=f"kanband {__version__}")
     sub = p.add_subparsers(dest="command")
     svc = sub.add_parser("service", help="systemd user unit helpers")
@@ -115,8 +124,14 @@ def service_install(args: argparse.Namespace) -> int:
         extra += ["--config", str(Path(args.config).resolve())]
     if args.state_dir:
         extra += ["--state-dir", str(Path(args.state_dir).resolve())]
+    from daemon import fsguard
     unit_dir = xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user"
-    unit_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fsguard.ensure_private_dir(unit_dir)  # whoever can write here can run code as us
+    except fsguard.UnsafePath as exc:
+        return fail(str(exc), 1)
+    except OSError as exc:
+        return fail(f"cannot write the unit: {describe_oserror(exc)}", 1)
     target = unit_dir / "kanband.service"
     try:
         text = render_unit(exe, extra)
@@ -162,8 +177,33 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def describe_oserror(exc: OSError) -> str:
+    """``"PATH: cause"`` (with the second path of a rename, if any) for a one-line error."""
+    cause = exc.strerror or str(exc)
+    if exc.filename is None:
+        return cause
+    if exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {cause}"
+    return f"{exc.filename}: {cause}"
+
+
+def init_board(paths: dict[str, str]) -> int:
+    """``kanband --init-board``: a new, empty board where there is none, under the board lock."""
+    from daemon import fsguard, pidlock
+    from daemon.board import integrity
+    fsguard.ensure_private_dir(os.path.dirname(paths["board"]))
+    fd = pidlock.lock(paths["state_dir"], paths["pidfile"])
+    try:
+        board_id = integrity.init_board(paths["board"], paths["board_id"])
+    finally:
+        os.close(fd)
+    print(f"created board {board_id} at {paths['board']}; start kanband as usual")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 ok (or stopped cleanly), 1 already running / socket in use, 2 bad config or arguments."""
+    """Exit codes: 0 ok (or stopped cleanly), 1 a start-up check failed (unsafe directory, board missing or
+    damaged, disk read-only or full, already running, socket in use), 2 bad config or arguments."""
     args = build_parser().parse_args(argv)
     if args.command == "service":
         return service_install(args)
@@ -179,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config OK: {src}; {len(cfg['profiles'])} profile(s), {len(cfg['sinks'])} sink(s)")
         return 0
     paths = resolve_paths(cfg, args.state_dir, args.socket)
-    if len(paths["socket"].encode()) > SUN_PATH_MAX:
-        return fail(f"socket path {paths['socket']} is longer than {SUN_PATH_MAX} bytes; pass a shorter --socket", 2)
+    try:
+        check_socket_path(paths["socket"])
+    except PathTooLong as exc:
+        return fail(f"{exc} (pass a shorter --socket)", 2)
     from daemon import containment
     try:
         contain = containment.choose(cfg)
@@ -188,12 +230,20 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"bad config: {cfg.get('_file') or 'defaults'}: {exc}", 2)
     paths.update(containment=contain.mode, cgroup_root=contain.root or "", containment_why=contain.why)
     daemon_log.configure(cfg, role="supervisor")
+    from daemon.board.integrity import BoardError
+    from daemon.fsguard import UnsafePath
     from daemon.ipc import SocketInUse
     from daemon.supervisor import AlreadyRunning, Supervisor
     try:
+        if args.init_board:
+            return init_board(paths)
         return Supervisor(cfg, paths, str(config_path)).run()
-    except (AlreadyRunning, SocketInUse, RuntimeError) as exc:
+    except (AlreadyRunning, SocketInUse, UnsafePath, BoardError, RuntimeError) as exc:
         return fail(str(exc), 1)
+    except OSError as exc:
+        return fail(f"cannot start: {describe_oserror(exc)}", 1)
+    except sqlite3.Error as exc:
+        return fail(f"cannot start: board {paths['board']}: {exc}", 1)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import structlog
 
-from daemon import containment, roles, spawner, workspaces
+from daemon import containment, fsguard, roles, spawner, workspaces
 from daemon.rpcpeer import Link, Peer
 
 log = structlog.get_logger()
@@ -95,7 +95,7 @@ class Reaper:
         self.stop_deadline = 0.0
         try:
             self.paths["client_bin"] = spawner.client_bin(self.paths["runs"])
-        except OSError as exc:
+        except (OSError, fsguard.UnsafePath) as exc:
             log.warning("reaper.client_bin_failed", error=str(exc))
 
     # ---- dispatcher connection -------------------------------------------

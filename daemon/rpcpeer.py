@@ -8,6 +8,10 @@ receives server-pushed notifications (``spawn``, ``kill``, ``cleanup``,
 Frames from the dispatcher are parsed as strictly as the dispatcher parses
 requests (:func:`client.protocol.loads`): a frame that is not a JSON object
 within ``MAX_DEPTH`` is skipped, so a hostile server cannot crash a role.
+
+Like the CLI, a role checks who serves the socket (``SO_PEERCRED``: our uid
+or root) before it sends anything, so a socket swapped in by another user
+never receives a reaper's or notifier's traffic.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ from typing import Any
 
 from client.protocol import FrameError, dumps, loads
 
+import structlog
+
+from client.rpc import UntrustedServer, check_server
+
+log = structlog.get_logger()
+
 Callback = Callable[[dict[str, Any]], None]
 MAX_LINE = 64 << 20  # a frame from the dispatcher longer than this closes the connection
 
@@ -27,10 +37,17 @@ class Peer:
     """One connection to the dispatcher."""
 
     def __init__(self, path: str, on_notify: Callback, on_close: Callable[[Peer], None] | None = None) -> None:
+        """Connect to ``path`` and check the server's uid.
+
+        Raises:
+            OSError: The connection failed.
+            UntrustedServer: Another uid (not root) serves the socket.
+        """
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(path)
-        except OSError:
+            check_server(self.sock, path)
+        except (OSError, UntrustedServer):
             self.sock.close()
             raise
         self.sock.setblocking(False)
@@ -149,6 +166,9 @@ class Link:
             try:
                 self.peer = Peer(self.path, self.on_notify, on_close=self._unregister)
             except OSError:
+                self._schedule(now)
+            except UntrustedServer as exc:
+                log.error("socket.server_refused", socket=self.path, error=str(exc))
                 self._schedule(now)
             else:
                 self.sel.register(self.peer.fd, 1, self.key)

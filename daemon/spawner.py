@@ -14,6 +14,10 @@ wrapper for its whole life, taken before the fork), ``<run>.pid`` (wrapper
 pid, its process start time, worker pid, exec time, cgroup) and
 ``<run>.exit`` (exit code or signal, or the reason the command could not
 start). The reaper deletes them once the dispatcher has acknowledged the exit.
+
+Every directory here (logs, runs, the workspaces root, a scratch workspace) is
+checked or created 0700 by :func:`daemon.fsguard.ensure_private_dir`, and every
+file (logs, rotated logs, run files) is opened 0600 whatever the umask.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from daemon import containment, roles
 
 from daemon.workspaces import cleanup_workspace, prepare_workspace, strictly_inside  # noqa: F401 (re-exported)
 
+from daemon import fsguard
+
 PLACEHOLDERS = ("task_id", "run_id", "title", "workspace", "config_dir")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
@@ -49,7 +55,7 @@ def write_json_atomic(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     """Write-then-rename, so a reader never sees half a file. No fsync: these files only
     have to outlive the daemon's processes, not the machine (a reboot ends the workers too)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = fsguard.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, json.dumps(obj).encode())
     finally:
@@ -133,8 +139,7 @@ def worker_env(spec: dict[str, Any], paths: dict[str, str], base: dict[str, str]
 
 def client_bin(runs_dir: str) -> str:
     """A directory holding only a ``kanban`` link to this installation's client; returns its path."""
-    path = os.path.join(runs_dir, "bin")
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    path = fsguard.ensure_private_dir(os.path.join(runs_dir, "bin"))
     target = os.path.join(os.path.dirname(sys.executable), "kanban")
     link = os.path.join(path, "kanban")
     if os.path.exists(target) and (not os.path.islink(link) or os.readlink(link) != target):
@@ -149,23 +154,31 @@ def client_bin(runs_dir: str) -> str:
 
 
 def rotate_if_needed(path: str, max_bytes: int) -> bool:
-    """Copy-truncate rotation: the worker's O_APPEND fd keeps writing to the same file."""
+    """Copy-truncate rotation to ``PATH.1`` (mode 0600): the worker's O_APPEND fd keeps writing to the same file."""
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
         return False
     if size <= max_bytes:
         return False
-    shutil.copyfile(path, path + ".1")
+    with open(path, "rb") as src, os.fdopen(fsguard.open_private(path + ".1", os.O_WRONLY | os.O_CREAT
+                                                                  | os.O_TRUNC), "wb") as dst:
+        shutil.copyfileobj(src, dst)
     os.truncate(path, 0)
     return True
 
 
 def open_log(logs_dir: str, task_id: str, max_bytes: int) -> tuple[int, str]:
-    os.makedirs(logs_dir, mode=0o700, exist_ok=True)
+    """The task's log, opened for appending (0600), rotated first if it grew past ``max_bytes``.
+
+    Raises:
+        fsguard.UnsafePath: The logs dir or the log is not private to us.
+        OSError: The log could not be opened.
+    """
+    fsguard.ensure_private_dir(logs_dir)
     path = os.path.join(logs_dir, f"{task_id}.log")
     rotate_if_needed(path, max_bytes)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = fsguard.open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     return fd, path
 
 
@@ -370,11 +383,16 @@ def start(spec: dict[str, Any], paths: dict[str, str], contain: containment.Cont
         cwd = prepare_workspace(spec["workspace"], spec["task"])
     except OSError as exc:
         raise SpawnError(f"workspace {spec['workspace']['path']}: {exc.strerror}") from None
+    except fsguard.UnsafePath as exc:
+        raise SpawnError(str(exc)) from None
     values = {"task_id": spec["task"], "run_id": spec["run"], "title": spec["title"], "workspace": cwd,
               "config_dir": spec.get("config_dir") or ""}
     argv = expand(spec["command"], values)
     env = worker_env(spec, paths)
-    os.makedirs(paths["runs"], mode=0o700, exist_ok=True)
+    try:
+        fsguard.ensure_private_dir(paths["runs"])
+    except fsguard.UnsafePath as exc:
+        raise SpawnError(str(exc)) from None
     pid_path, exit_path = run_files(paths["runs"], spec["run"])
     cgroup = contain.run_cgroup(spec["run"])
     if cgroup:
@@ -382,9 +400,13 @@ def start(spec: dict[str, Any], paths: dict[str, str], contain: containment.Cont
             containment.make_run_cgroup(cgroup)
         except OSError as exc:
             raise SpawnError(f"cannot create the run cgroup {cgroup}: {exc.strerror or exc}") from None
-    lockfd = os.open(lock_file(paths["runs"], spec["run"]), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lockfd = fsguard.open_private(lock_file(paths["runs"], spec["run"]), os.O_RDWR | os.O_CREAT)
     fcntl.flock(lockfd, fcntl.LOCK_EX)
-    logfd, log_path = open_log(paths["logs"], spec["task"], spec["log_max"])
+    try:
+        logfd, log_path = open_log(paths["logs"], spec["task"], spec["log_max"])
+    except (OSError, fsguard.UnsafePath) as exc:
+        os.close(lockfd)
+        raise SpawnError(f"task log: {exc}") from None
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()

@@ -9,6 +9,13 @@ detects flapping, reaps orphaned worker wrappers, and keeps systemd informed
 (``READY=1``, ``WATCHDOG=1`` only while every role is healthy, ``STATUS=``,
 ``RELOADING=1``, ``STOPPING=1``). Signal handlers only enqueue (a wakeup fd);
 the loop does the work.
+
+Before anything else it checks the files: every directory it uses
+(:func:`daemon.fsguard.ensure_private_dir`) and the board
+(:func:`daemon.board.integrity.open_checked`: identity and ``quick_check``).
+A role whose heartbeat says ``ready: False`` with an ``error`` (the dispatcher
+on a damaged board) is ``unhealthy``: shown in ``STATUS=`` and
+``daemon.status``, and no ``WATCHDOG=1`` is sent while it lasts.
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ import setproctitle
 import structlog
 
 from daemon import config as config_mod
-from daemon import ipc, pidlock, roles
+from daemon import fsguard, ipc, pidlock, roles
 from daemon import log as daemon_log
 from daemon.pidlock import AlreadyRunning, read_pidfile
 from daemon.roles import backoff_delay, is_flapping
-from daemon.board import db as boarddb
+from daemon.board import integrity
 
 log = structlog.get_logger()
 
@@ -138,12 +145,27 @@ class Supervisor:
                     raise
                 time.sleep(0.05)
 
+    def check_files(self) -> None:
+        """Check (or create, 0700) every directory we use, then check and migrate the board.
+
+        Raises:
+            fsguard.UnsafePath: A directory is not private to us.
+            integrity.BoardError: The board is missing where one existed, another board, or damaged.
+            OSError: A directory or the board's id file could not be created.
+        """
+        for key in ("logs", "runs", "workspaces"):
+            fsguard.ensure_private_dir(self.paths[key])
+        fsguard.ensure_private_dir(os.path.dirname(self.paths["board"]))
+        t0 = time.monotonic()
+        board_id, how = integrity.open_checked(self.paths["board"], self.paths["board_id"])
+        log.info(f"board.{how}", board=self.paths["board"], board_id=board_id,
+                 checked_in=round(time.monotonic() - t0, 3))
+
     def run(self) -> int:
         setproctitle.setproctitle("kanband: supervisor")
         self.acquire()
         try:
-            conn = boarddb.connect(self.paths["board"])  # migrate once, before any role opens it
-            conn.close()
+            self.check_files()  # and migrate once, before any role opens the board
             self.listener = self.bind()
             self.socket_ino = os.stat(self.paths["socket"]).st_ino
             try:
@@ -275,7 +297,8 @@ class Supervisor:
         """Start roles whose backoff has elapsed, kill hung ones; True if every role is healthy.
 
         Healthy means: alive, a heartbeat fresher than ``heartbeat_stale``, not
-        stuck un-ready for longer than that, and no role flapping.
+        stuck un-ready for longer than that, not un-ready with an ``error`` (at
+        once: the dispatcher on a damaged board), and no role flapping.
         """
         sup = self.cfg["supervisor"]
         stale = sup["heartbeat_stale"]
@@ -289,7 +312,7 @@ class Supervisor:
             if now - r.last_hb > stale and r.channel is not None:
                 self.on_role_message(r)  # we may be the slow one: read what is queued before judging
             silent = now - r.last_hb
-            if silent > stale or (not r.ready and now - r.unready_since > stale):
+            if silent > stale or (not r.ready and (now - r.unready_since > stale or r.info.get("error"))):
                 healthy = False
             timeout = r.spec.hang_timeout if r.spec.hang_timeout is not None else sup["role_timeout"]
             if silent > timeout and not r.killed_hung:
@@ -323,7 +346,7 @@ class Supervisor:
             elif now - r.last_hb > stale:
                 state = "unresponsive"
             elif not r.ready:
-                state = "starting" if not r.checked_in else "not-ready"
+                state = "unhealthy" if r.info.get("error") else "starting" if not r.checked_in else "not-ready"
             else:
                 state = "flapping" if r.name in self.flapping else "ok"
             out[r.name] = {**r.info, "pid": r.pid, "state": state, "restarts": r.restarts,
@@ -347,7 +370,8 @@ class Supervisor:
     def update_status(self, snapshot: dict[str, Any]) -> None:
         s = self.summary
         board = f"{s.get('running', 0)} running, {s.get('ready', 0)} ready, {s.get('blocked', 0)} blocked"
-        line = board + "; " + ", ".join(f"{n} {v['state']}" for n, v in snapshot.items())
+        line = board + "; " + ", ".join(f"{n} {v['state']}" + (f" ({v['error']})" if v.get("error") else "")
+                                        for n, v in snapshot.items())
         if line != self.status_line:
             self.status_line = line
             self.notify(f"STATUS={line}")

@@ -35,6 +35,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from daemon import fsguard
+
 TRASH = ".trash"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -69,7 +71,7 @@ def _open_root(root: str, create: bool) -> int:
     """The workspaces root as a directory descriptor. The root itself is the operator's config,
     so a symlink *to* it is honoured; nothing below it is."""
     if create:
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        fsguard.ensure_private_dir(root)  # ours, 0700, not writable by anyone else: or refused
     return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
@@ -332,7 +334,7 @@ def prepare_workspace(ws: dict[str, Any], task_id: str) -> str:
         if os.path.islink(path):
             raise WorkspaceError(f"worktree workspace {path} is a symlink", errno.ENOTDIR)
         if not os.path.isdir(path):
-            os.makedirs(ws["root"], mode=0o700, exist_ok=True)
+            fsguard.ensure_private_dir(ws["root"])
             res = subprocess.run(["git", "-C", repo, "worktree", "add", "-B", f"wt/{task_id}", path],
                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if res.returncode != 0:

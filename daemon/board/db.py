@@ -7,14 +7,22 @@ carried across a fork: each role opens its own after forking.
 Durability: WAL journal with ``synchronous=FULL``, so an acknowledged commit
 survives a kill -9 of any process. Every write is one ``BEGIN IMMEDIATE``
 transaction (see :func:`write`).
+
+Each board has an id (the ``meta`` table, :func:`board_id`); the checks
+built on it live in :mod:`daemon.board.integrity`. The board and its ``-wal``
+and ``-shm`` files are mode 0600 (SQLite gives the latter the board's mode).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+
+from daemon import fsguard
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -159,26 +167,87 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX requests_key ON requests(request_id, coalesce(run_id, ''));
     CREATE INDEX requests_at ON requests(at);
     """,
+    # 5 -> 6: the board's identity, also kept in <state>/board.id, so a missing, emptied or swapped
+    # board file is noticed instead of silently becoming a new, empty board.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('board_id', lower(hex(randomblob(16))))
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
 
-def connect(path: str | Path) -> sqlite3.Connection:
+
+class BoardError(Exception):
+    """The board file cannot be used as it is; the message names the file, the cause and the fix."""
+
+
+class BoardCorrupt(BoardError):
+    """The board file is damaged (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, or a failed quick_check)."""
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """True if ``exc`` is SQLite saying the file is damaged or is not a database at all."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+    msg = str(exc)
+    return "malformed" in msg or "not a database" in msg
+
+
+def file_uri(path: str, mode: str) -> str:
+    """A SQLite URI for ``path`` opened with ``mode`` (``ro``, ``rw``, ``rwc``)."""
+    return f"file:{urllib.parse.quote(path, safe='/')}?mode={mode}"
+
+
+def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
     """Open the board, apply pending migrations, and return the connection.
 
     The connection is in autocommit mode (``isolation_level=None``); use
-    :func:`write` for every mutation.
+    :func:`write` for every mutation. The file is created mode 0600 if
+    ``create`` (an existing one, and its ``-wal``/``-shm``, are tightened to
+    0600); without ``create`` a missing file is an error, never a new board.
+
+    Raises:
+        sqlite3.Error: SQLite could not open or migrate the file.
+        RuntimeError: The database is newer than this kanband.
     """
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+    path = str(path)
+    if path != ":memory:":
+        if create:
+            os.close(fsguard.open_private(path, os.O_RDWR | os.O_CREAT))
+        for suffix in ("", "-wal", "-shm"):
+            fsguard.tighten(path + suffix)
+    target, uri = (file_uri(path, "rw"), True) if not create else (path, False)
+    conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False,
                            timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    migrate(conn)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def board_id(conn: sqlite3.Connection) -> str | None:
+    """The board's id from its ``meta`` table (``None`` before migration 4)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='board_id'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    return row[0] if row else None
 
 
 def version(conn: sqlite3.Connection) -> int:
