@@ -392,7 +392,8 @@ def test_daemon_sigkill_with_running_workers_then_restart(make_daemon):
         assert [x["outcome"] for x in rs] == ["completed"], rs
         assert [k for k, _ in recs[task_id]] == ["start", "end"], "ran twice"
     assert d.rpc("task.list", {"status": ["running"]})["total"] == 0
-    assert not [r for t in ids for r in runs(d, t) if r["state"] != "ended"]
+    # a run ends once its worker has exited, a moment after its `kanban complete` made the task done
+    wait_for(lambda: not [r for t in ids for r in runs(d, t) if r["state"] != "ended"], what="every run ended")
     for w in workers.values():  # every original wrapper is gone and reaped (we are their subreaper)
         wait_for(lambda: not psutil.pid_exists(w["pid"]) or _reaped(w["pid"]), what=f"wrapper {w['pid']} reaped")
     assert not [c for c in psutil.Process(d.pid).children(recursive=True) if c.status() == psutil.STATUS_ZOMBIE]

@@ -99,7 +99,7 @@ def test_nesting_at_the_limit_and_brackets_in_strings_are_fine(d):
     # a frame at exactly MAX_DEPTH: the request object (1), params (2), metadata (3) ...
     meta = "[" * 10 + "]" * 10
     frame = (f'{{"jsonrpc":"2.0","id":1,"method":"task.complete","params":{{"ids":["t_00000000"],'
-             f'"metadata":{{"k":{meta}}}}}}}\n').encode()
+             f'"run":"r_000000000000","metadata":{{"k":{meta}}}}}}}\n').encode()
     error(d, frame, "not_found")  # parsed and validated: only the id is unknown
     title = "[" * 5000 + "{" * 5000
     (reply,) = exchange(d, req("task.create", {"title": title[:1000]}))
