@@ -159,6 +159,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX requests_key ON requests(request_id, coalesce(run_id, ''));
     CREATE INDEX requests_at ON requests(at);
     """,
+    # 5 -> 6: scheduled start and reopen. due_at: when a scheduled task becomes ready (epoch seconds,
+    # UTC); parent_reopened: the ancestor whose reopen left this task's result (or run) standing.
+    """
+    ALTER TABLE tasks ADD COLUMN due_at REAL;
+    ALTER TABLE tasks ADD COLUMN parent_reopened TEXT;
+    CREATE INDEX tasks_due ON tasks(status, due_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
