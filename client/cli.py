@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if worker and any(p.name == "request_id" for p in method.params):
         params.setdefault("request_id", new_request_id())  # one per invocation, reused by its retries
-    if isinstance(params.get("at"), str):
+    if method.name in ("task.create", "task.schedule") and isinstance(params.get("at"), str):
         params["at"] = local_time(params["at"])
     if ns._verb == "wait":
         from client.wait import wait_verb

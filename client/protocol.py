@@ -354,7 +354,8 @@ _METHOD_LIST: tuple[Method, ...] = (
                 _p("assignee", "str", "only this assignee"), _p("tenant", "str", "only this tenant"),
                 _p("kinds", "list", "only these event kinds"),
                 _p("after", "int", "replay events after this id first")),
-        result="{following, last_id}; then notifications {method: 'event', params: event}",
+        result="{following, last_id}; then notifications {method: 'event', params: event}; a pushed event also "
+               "carries the task's assignee, tenant, title and task_status (its status when pushed)",
         stream=True, verb="watch",
     ),
     Method(

@@ -4,7 +4,8 @@ Runs in: the ``kanban`` CLI. Stdlib only.
 
 No polling: one ``task.wait`` request answers each task's status now and then
 streams the tasks' events, each carrying ``task_status`` (the task's status
-when the event was pushed). A task already final counts at once. If the daemon
+when the event was pushed). A task already final counts at once. While tasks are
+pending it says so once on stderr (``kanban wait: waiting for t_… (running)``). If the daemon
 restarts meanwhile, the client reconnects (for up to ``$KANBAN_RETRY_FOR``) and
 asks again, so nothing that happened during the outage is missed.
 

@@ -47,6 +47,8 @@ def test_reopen_runs_the_task_again_and_holds_back_its_dependents(make_daemon):
     os.mkdir(out)
     profiles(d,
              ok=f'kanban context > "{out}/ctx-$KANBAN_RUN.md"\n'
+                f'if [ -e "{out}/ran-once" ]; then {hold_until(out + "/again").strip()}; fi\n'
+                f'touch "{out}/ran-once"\n'
                 'kanban complete --summary "made by $KANBAN_RUN" --result "r-$KANBAN_RUN"\n',
              hold=hold_until(f"{out}/release") + 'kanban complete --summary "held one done"\n')
     d.start()
@@ -85,6 +87,9 @@ def test_reopen_runs_the_task_again_and_holds_back_its_dependents(make_daemon):
     assert reopened["reason"] == "the build is red" and reopened["previous_summary"] == first["summary"]
 
     # it runs again (a fresh run that sees why it was sent back), and its child is promoted again
+    d.wait_status(p, "running")
+    assert d.task(ready_child)["status"] == "todo"
+    Path(out, "again").touch()
     again = d.wait_status(p, "done")
     rs = runs(d, p)
     assert [r["outcome"] for r in rs] == ["completed", "completed"] and again["summary"] == f"made by {rs[1]['id']}"
@@ -343,3 +348,27 @@ def test_context_gives_a_child_worker_its_parents_results_in_one_call(make_daemo
     assert d.cli("context", child).stdout.startswith(f"# Task {child}")
     res = d.cli("context", check=False)
     assert res.returncode == 1 and "invalid_params" in res.stderr and "no task id" in res.stderr
+
+
+def test_wait_rides_out_a_daemon_restart(make_daemon):
+    d = make_daemon(SLOW_TICK, start=False)
+    gate = f"{d.tmp}/gate"
+    profiles(d, finisher=hold_until(gate) + "kanban complete\n")
+    d.start()
+    t = d.cli_json("create", "long", "-a", "finisher")["id"]
+    d.wait_status(t, "running")
+    waiter = subprocess.Popen([KANBAN, "wait", t], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=d.env())
+    try:
+        assert waiter.stderr.readline().startswith(f"kanban wait: waiting for {t} (running)")
+        assert d.stop() == 0  # on_shutdown: leave; the worker survives and is re-adopted
+        d.start()
+        assert waiter.poll() is None
+        Path(gate).touch()
+        out, err = waiter.communicate(timeout=20)
+        assert waiter.returncode == 0, err
+        assert f"{t}  done" in out and "retrying" in err
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
