@@ -274,6 +274,18 @@ def more_hint(verb: str, method: str, result: dict) -> str | None:
             f"shows the next page, `kanban {verb} --all` all of them")
 
 
+def local_time(value: str) -> str:
+    """``--at`` without a UTC offset gets the caller's own offset, so the daemon reads it as the
+    user's local time; anything else (an offset given, or a value that does not parse, which the
+    daemon then refuses naming it) is sent unchanged."""
+    import datetime
+    try:
+        dt = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return value
+    return value if dt.tzinfo is not None else dt.astimezone().isoformat()
+
+
 def pick_verb(argv: list[str]) -> str | None:
     skip = False
     for a in argv:
@@ -367,6 +379,11 @@ def run(argv: list[str]) -> int:
         return 2
     if worker and any(p.name == "request_id" for p in method.params):
         params.setdefault("request_id", new_request_id())  # one per invocation, reused by its retries
+    if method.name in ("task.create", "task.schedule") and isinstance(params.get("at"), str):
+        params["at"] = local_time(params["at"])
+    if ns._verb == "wait":
+        from client.wait import wait_verb
+        return wait_verb(params, ns.socket, as_json, retry_for)
     try:
         if method.stream:
             return stream(None if worker else Client(ns.socket), ns.socket, ns._verb, params, as_json, retry_for,

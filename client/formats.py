@@ -79,6 +79,26 @@ def ago(ts: float | None) -> str:
     return f"{d:.0f}s"
 
 
+def until(ts: float | None) -> str:
+    """A due time relative to now: ``in 3h``, ``in 45m``, ``in 12s``; ``5m ago`` once past."""
+    if not ts:
+        return "-"
+    d = ts - time.time()
+    a = abs(d)
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if a >= n:
+            text = f"{a / n:.0f}{unit}"
+            break
+    else:
+        text = f"{a:.0f}s"
+    return f"in {text}" if d >= 0 else f"{text} ago"
+
+
+def local(ts: float | None) -> str:
+    """An epoch time as local ``YYYY-MM-DD HH:MM`` (what a human typed for ``--at``)."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
 def dur(sec: float | None) -> str:
     if sec is None:
         return "-"
@@ -158,6 +178,12 @@ def fmt_show(r: dict, color: bool) -> str:
         if t.get(key) not in (None, ""):
             lines.append(f"  {key + ':':<14}{t[key]}")
     lines.append(f"  {'workspace:':<14}{t['workspace']['kind']}{' ' + t['workspace']['path'] if t['workspace']['path'] else ''}")
+    if t.get("due_at"):
+        lines.append(f"  {'due:':<14}{until(t['due_at'])} ({local(t['due_at'])})")
+    if t.get("parent_reopened"):
+        what = "its run started" if t["status"] == "running" else "it used its result"
+        lines.append(f"  {'FLAGGED:':<14}parent {t['parent_reopened']} was reopened after {what} "
+                     f"(kanban reopen {t['id']} -r … to redo it)")
     lines.append(f"  {'created:':<14}{ago(t['created_at'])} ago   failures: {t['consecutive_failures']}")
     if t["body"]:
         lines += ["", *("  " + line for line in t["body"].splitlines())]
@@ -225,6 +251,11 @@ def fmt_plan(r: dict, color: bool) -> str:
                "process of it is alive"
     if not r.get("reaper_attached", True):
         out += "\nnote: the reaper is not attached; nothing starts until it is"
+    if r.get("scheduled"):
+        rows = [[x["task"], until(x["due_at"]), local(x["due_at"]), x["assignee"] or "-", x["title"]]
+                for x in r["scheduled"]]
+        out += "\n\nscheduled (kanban promote ID starts one now):\n" + table(rows, ["task", "due", "at", "assignee",
+                                                                                  "title"])
     return out
 
 
@@ -256,6 +287,41 @@ def fmt_tasks(r: dict, color: bool) -> str:
     if r.get("promoted"):
         lines.append("promoted: " + ", ".join(r["promoted"]))
     return "\n".join(lines)
+
+
+def fmt_reopen(r: dict, color: bool) -> str:
+    """``kanban reopen`` and ``kanban retry``: the tasks, then what happened to their dependents."""
+    lines = [fmt_task_line(t) for t in r["tasks"]]
+    for key, label in (("reopened", "also reopened (--cascade)"),
+                       ("reparked", "waits again for its parent (back to todo)"),
+                       ("running", "still running, not killed (flagged; `kanban kill ID` stops it)"),
+                       ("flagged", "done, flagged: built on a reopened result")):
+        if r.get(key):
+            lines.append(f"{label}: {', '.join(r[key])}")
+    return "\n".join(lines)
+
+
+def fmt_assignees(r: dict, color: bool) -> str:
+    rows = []
+    for a in r["assignees"]:
+        cap = "-" if a["max_in_progress"] is None else str(a["max_in_progress"])
+        ready = str(a["ready"]) + (f"+{a['ready_unassigned']}" if a.get("ready_unassigned") else "")
+        cool = f"{until(a['cooldown_until'])}" if a.get("cooldown_until") else "-"
+        last = f"{a['last_outcome']} {ago(a['last_ended_at'])} ago" if a.get("last_outcome") else "-"
+        cmd = " ".join(a["command"]) if a["command"] else "(no profile: its tasks are skipped)"
+        rows.append([a["name"], f"{a['running']}/{cap}", ready, cool, last, cmd[:60]])
+    if not rows:
+        return "no profiles configured (see docs/config.md)"
+    out = table(rows, ["assignee", "running/cap", "ready", "cooldown", "last outcome", "command"])
+    out += f"\n\n{r['running_total']} live runs of {r['max_in_progress']} allowed"
+    if r.get("default_assignee"):
+        out += f"; unassigned ready tasks go to {r['default_assignee']} (the +N)"
+    return out
+
+
+def fmt_context(r: dict, color: bool) -> str:
+    from client.context import render_markdown
+    return render_markdown(r).rstrip("\n")
 
 
 def fmt_default(r: object, color: bool) -> str:
@@ -303,9 +369,13 @@ FORMATTERS = {
                                   + f"; {r['lag']} events behind the end of the log",
     "list": fmt_list, "ls": fmt_list, "show": fmt_show, "stats": fmt_stats, "status": fmt_status,
     "runs": fmt_runs, "plan": fmt_plan, "dispatch": fmt_dispatch, "complete": fmt_tasks, "block": fmt_tasks,
-    "unblock": fmt_tasks, "archive": fmt_tasks,
+    "unblock": fmt_tasks, "archive": fmt_tasks, "reopen": fmt_reopen, "retry": fmt_reopen, "kill": fmt_tasks,
+    "assignees": fmt_assignees, "context": fmt_context,
+    "schedule": lambda r, c: f"{r['id']} scheduled, due {until(r['due_at'])} ({local(r['due_at'])})",
     "create": lambda r, c: r["id"] if not sys.stdout.isatty() else f"{'created' if r['created'] else 'exists'} "
-                                                                     f"{r['id']} ({r['status']})",
+                                                                     f"{r['id']} ({r['status']}"
+                                                                     + (f", due {until(r['due_at'])}"
+                                                                        if r.get("due_at") else "") + ")",
     "log": lambda r, c: fmt_log(r, sys.stdout.isatty()),
     "events": lambda r, c: "\n".join(fmt_event(e) for e in r["events"]) or "no events",
     "link": lambda r, c: f"{r['parent']} -> {r['child']} (child is {r['child_status']})",

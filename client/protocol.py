@@ -320,6 +320,10 @@ _RUN_KEY = _p("run", "str", "the commenting worker's run id (defaults to $KANBAN
 #: De-duplication key of a worker verb: a repeat with the same (run, request_id) gets the first answer.
 _REQUEST_ID = _p("request_id", "str", "client request id: a retry with the same id (and run) is answered "
                  "with the first answer instead of being applied again (the client picks one)")
+#: A due time (task.create, task.schedule): parsed and checked by the daemon (daemon/board/schedule.py).
+_AT = _p("at", "str", "start at this time: ISO 8601 (2026-12-01T02:00, ...+01:00, ...Z); without an offset, "
+         "the daemon's local time (the kanban client adds yours); scheduled until then")
+_IN = _p("in", "str", "start after this delay (45m, 2h, 1d, 1h30m); scheduled until then")
 _STATUSES = ("triage", "todo", "ready", "running", "blocked", "review", "scheduled", "done", "archived")
 
 _METHOD_LIST: tuple[Method, ...] = (
@@ -343,6 +347,7 @@ _METHOD_LIST: tuple[Method, ...] = (
             _p("workspace", "str", "scratch (default), dir:/abs/path or worktree", max_len=4100),
             _p("created_by", "str", "who filed it (default: $USER)"),
             _p("notify", "list", "sinks to subscribe at creation (repeatable --notify)"),
+            _AT, _IN,
         ),
         result="task object", errors=("not_found", "conflict"), writes=True, verb="create",
     ),
@@ -417,7 +422,8 @@ _METHOD_LIST: tuple[Method, ...] = (
         result="{tasks: [task]}", errors=("not_found", "illegal_transition"), writes=True, verb="kill",
     ),
     Method(
-        "task.retry", "Clear a task's retry backoff or rate-limit cooldown; requeue a blocked or gave-up task",
+        "task.retry", "Clear a task's retry backoff or rate-limit cooldown; requeue a blocked or gave-up task; "
+        "give a done task a fresh run",
         params=(_p("ids", "list", "task ids", required=True, cli="pos+"),
                 _p("reason", "str", "why (recorded in the event)", short="r", max_len=_REASON)),
         result="{tasks: [task]}", errors=("not_found", "illegal_transition"), writes=True, verb="retry",
@@ -474,7 +480,8 @@ _METHOD_LIST: tuple[Method, ...] = (
                 _p("assignee", "str", "only this assignee"), _p("tenant", "str", "only this tenant"),
                 _p("kinds", "list", "only these event kinds"),
                 _p("after", "int", "replay events after this id first", **_EVENT_ID)),
-        result="{following, last_id}; then notifications {method: 'event', params: event}",
+        result="{following, last_id}; then notifications {method: 'event', params: event}; a pushed event also "
+               "carries the task's assignee, tenant, title and task_status (its status when pushed)",
         stream=True, verb="watch",
     ),
     Method(
@@ -512,6 +519,50 @@ _METHOD_LIST: tuple[Method, ...] = (
         "notify.resume", "Resume a paused sink",
         params=(_p("sink", "str", "sink name", required=True, cli="pos"),),
         result="sink state", errors=("not_found",), writes=True, verb="notify resume",
+    ),
+    # ---- work loop: reopen, scheduled start, operator verbs (issue 11) ----
+    Method(
+        "task.reopen", "Send done tasks back to ready (todo while a parent is open); their ready children wait "
+        "again, running ones are flagged, done descendants flagged (or reopened with --cascade)",
+        params=(_p("ids", "list", "task ids", required=True, cli="pos+"),
+                _p("reason", "str", "why (recorded in the reopened event and shown in kanban context)",
+                   required=True, short="r"),
+                _p("cascade", "bool", "reopen done descendants too instead of flagging them")),
+        result="{tasks: [task], reparked: [id], running: [id], flagged: [id], reopened: [id]}",
+        errors=("not_found", "illegal_transition", "invalid_params"), writes=True, verb="reopen",
+    ),
+    Method(
+        "task.schedule", "Hold a task in scheduled until a time (--at or --in); then it becomes ready, or todo "
+        "while a parent is open",
+        params=(_ID, _AT, _IN),
+        result="task object (due_at: epoch seconds)", errors=("not_found", "illegal_transition", "invalid_params"),
+        writes=True, verb="schedule",
+    ),
+    Method(
+        "task.wait", "Wait until every task is done, archived or blocked; answers each status at once, then "
+        "pushes the tasks' events",
+        params=(_p("ids", "list", "task ids", required=True, cli="pos+"),
+                _p("timeout", "str", "give up after this long (30s, 10m); checked by the daemon, enforced by the "
+                   "client (exit 124)")),
+        result="{tasks: [{id, title, status, final}], timeout (seconds or null), last_id}; then notifications "
+               "{method: 'event', params: event} for those tasks, each event with task_status (the status now)",
+        errors=("not_found", "invalid_params"), stream=True, verb="wait",
+    ),
+    Method(
+        "board.assignees", "Every profile: command, caps, running and ready counts, cooldown, last outcome",
+        result="{assignees: [{name, configured, command, role, max_in_progress, max_runtime, running, ready, "
+               "ready_unassigned, cooldown_until, cooldown_reason, last_outcome, last_task, last_run, "
+               "last_ended_at}], running_total, max_in_progress, default_assignee}",
+        verb="assignees",
+    ),
+    Method(
+        "task.context", "Everything a worker needs for its prompt in one call: the task, its body and attachments, "
+        "its parents' results, its earlier runs and every comment (Markdown; --json for programs)",
+        params=(_ID_ENV,),
+        result="{task, body, attachments: [..], parents: [{id, title, status, summary, result, metadata, run}], "
+               "runs: [{id, profile, outcome, exit_code, signal, summary, error_tail, started_at, ended_at}], "
+               "current_run, comments: [{id, author, body, created_at}], history: [{kind, at, reason, ..}]}",
+        errors=("not_found", "invalid_params"), verb="context",
     ),
     # ---- internal: daemon roles talking to the dispatcher -------------------
     Method(

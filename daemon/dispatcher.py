@@ -35,7 +35,7 @@ import structlog
 from client.protocol import METHODS, RPCError, check_params
 from daemon import containment, ipc, roles
 from daemon.board import db as boarddb
-from daemon.board import integrity, plan, requests, runs, tasks
+from daemon.board import integrity, plan, requests, runs, schedule, tasks
 from daemon.handlers import HANDLERS, Ctx
 
 log = structlog.get_logger()
@@ -44,7 +44,7 @@ SHOW_CACHE_MAX = 4096
 
 #: Event kinds after which a dispatch pass may find something new to start.
 WAKE_KINDS = frozenset({"created", "completed", "unblocked", "promoted", "archived", "requeued", "exited",
-                        "assigned", "unlinked", "edited", "blocked", "gave_up", "retried"})
+                        "assigned", "unlinked", "edited", "blocked", "gave_up", "retried", "reopened", "due"})
 
 
 class Dispatcher:
@@ -419,7 +419,8 @@ class Dispatcher:
         return True
 
     def _event_rows(self, after: int, upto: int | None = None) -> list[dict[str, Any]]:
-        q = ("SELECT e.id, e.task_id, e.run_id, e.kind, e.payload, e.at, t.assignee, t.tenant, t.title "
+        q = ("SELECT e.id, e.task_id, e.run_id, e.kind, e.payload, e.at, t.assignee, t.tenant, t.title, "
+             "t.status AS task_status "
              "FROM events e LEFT JOIN tasks t ON t.id=e.task_id WHERE e.id>?")
         args: list[Any] = [after]
         if upto is not None:
@@ -597,6 +598,9 @@ class Dispatcher:
                         runs.mark_kill(self.db, now, run["id"], "stale")
                     elif now - run["claimed_at"] > d["crash_grace"]:
                         runs.mark_kill(self.db, now, run["id"], "reclaim")
+        if schedule.any_due(self.db, now):  # scheduled tasks whose time came (the wake was armed for it)
+            with boarddb.write(self.db):
+                schedule.wake_due(self.db, now)
         self.dispatch_needed = True
         nxt = plan.next_wake(self.db, now)
         self.next_tick = time.monotonic() + min(d["tick"], max(0.05, (nxt - now) if nxt else d["tick"]))

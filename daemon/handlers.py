@@ -16,7 +16,8 @@ from typing import Any
 
 from client.protocol import RPCError
 from daemon import __version__
-from daemon.board import plan, runs, subs, tasks
+from daemon.board import context, plan, reopen, runs, schedule, subs, tasks
+from daemon.config import parse_duration
 
 Handler = Callable[["Ctx", dict[str, Any]], Any]
 HANDLERS: dict[str, Handler] = {}
@@ -57,6 +58,7 @@ def task_create(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
             raise RPCError("not_found", f"no sink {sink!r} in the config", field="notify", id=sink)
     if p.get("workspace") is None and p.get("assignee") in ctx.cfg["profiles"]:
         p["workspace"] = ctx.cfg["profiles"][p["assignee"]]["workspace"]
+    p["due_at"] = schedule.due_time(ctx.now, p.pop("at", None), p.pop("in", None))
     task, created = tasks.create(ctx.db, ctx.now, default_workspace=ctx.cfg["workspaces"]["default"], **p)
     if created:
         for sink in notify:
@@ -208,7 +210,7 @@ def dispatch_plan(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
         "SELECT id AS run, task_id AS task, profile, kill_reason AS reason, pid FROM runs WHERE state='exiting' "
         "ORDER BY claimed_at")]
     return {"plan": plan.explain(ctx.db, ctx.now, ctx.cfg), "reaper_attached": ctx.disp.reaper is not None,
-            "exiting": exiting}
+            "exiting": exiting, "scheduled": schedule.listing(ctx.db, ctx.now)}
 
 
 @handler("notify.subscribe")
@@ -237,6 +239,58 @@ def notify_resume(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     if p["sink"] not in ctx.cfg["sinks"]:
         raise RPCError("not_found", f"no sink {p['sink']!r} in the config", id=p["sink"])
     return subs.resume(ctx.db, ctx.now, p["sink"])
+
+
+# ---- work loop: reopen, scheduled start, operator verbs (issue 11) ----
+
+@handler("task.reopen")
+def task_reopen(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return reopen.reopen(ctx.db, ctx.now, p["ids"], p["reason"], bool(p.get("cascade")))
+
+
+@handler("task.schedule")
+def task_schedule(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    tasks.get(ctx.db, p["id"])
+    due = schedule.due_time(ctx.now, p.get("at"), p.get("in"))
+    if due is None:
+        raise RPCError("invalid_params", "give --at TIME or --in DELAY", field="at")
+    return schedule.schedule(ctx.db, ctx.now, p["id"], due)
+
+
+#: Statuses ``kanban wait`` stops at.
+WAIT_FINAL = frozenset({"done", "archived", "blocked"})
+
+
+@handler("task.wait")
+def task_wait(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    """Each task's status now, then (as ``events.follow`` does) the tasks' events as they happen."""
+    timeout = None
+    if p.get("timeout") is not None:
+        try:
+            timeout = parse_duration(p["timeout"])
+        except ValueError:
+            raise RPCError("invalid_params", f"--timeout {p['timeout']!r}: not a duration (use e.g. 30s, 10m)",
+                           field="timeout", value=p["timeout"]) from None
+    ids = list(dict.fromkeys(p["ids"]))
+    if not ids:
+        raise RPCError("invalid_params", "no task ids given", field="ids")
+    rows = [tasks.get(ctx.db, i) for i in ids]
+    answer = ctx.disp.follow(ctx, {"task": ids[0]})
+    ctx.client.follow["tree"] = set(ids)  # every waited task, not only the first
+    return {"tasks": [{"id": r["id"], "title": r["title"], "status": r["status"], "final": r["status"] in WAIT_FINAL}
+                      for r in rows], "timeout": timeout, "last_id": answer["last_id"]}
+
+
+@handler("board.assignees")
+def board_assignees(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return plan.assignees(ctx.db, ctx.now, ctx.cfg)
+
+
+@handler("task.context")
+def task_context(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    if not p.get("id"):
+        raise RPCError("invalid_params", "no task id given (outside a worker, name the task)", field="id")
+    return context.build(ctx.db, p["id"])
 
 
 @handler("reaper.attach")

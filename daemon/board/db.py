@@ -173,6 +173,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     INSERT INTO meta (key, value) VALUES ('board_id', lower(hex(randomblob(16))))
     """,
+    # 6 -> 7: scheduled start and reopen. due_at: when a scheduled task becomes ready (epoch seconds,
+    # UTC); parent_reopened: the ancestor whose reopen left this task's result (or run) standing.
+    """
+    ALTER TABLE tasks ADD COLUMN due_at REAL;
+    ALTER TABLE tasks ADD COLUMN parent_reopened TEXT;
+    CREATE INDEX tasks_due ON tasks(status, due_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from daemon.board import schedule
+
 
 _READY_COLS = ("id, title, assignee, priority, created_at, cooldown_until, cooldown_kind, consecutive_failures, "
                "max_retries")
@@ -96,14 +98,58 @@ def unprofiled(conn: sqlite3.Connection, cfg: dict[str, Any]) -> list[sqlite3.Ro
 
 
 def next_wake(conn: sqlite3.Connection, now: float) -> float | None:
-    """The earliest future time a time-based rule fires (cooldowns, claim expiry)."""
+    """The earliest future time a time-based rule fires (cooldowns, claim expiry, a scheduled task's due time)."""
     row = conn.execute("SELECT min(cooldown_until) FROM tasks WHERE status='ready' AND cooldown_until > ?",
                        (now,)).fetchone()
     row2 = conn.execute("SELECT min(claim_expires) FROM runs WHERE state != 'ended' AND kill_reason IS NULL"
                         ).fetchone()
     row3 = conn.execute("SELECT min(cooldown_until) FROM profile_state WHERE cooldown_until > ?", (now,)).fetchone()
-    times = [t for t in (row[0], row2[0], row3[0]) if t is not None]
+    due = schedule.next_due(conn, now)
+    times = [t for t in (row[0], row2[0], row3[0], due) if t is not None]
     return min(times) if times else None
+
+
+def assignees(conn: sqlite3.Connection, now: float, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every profile with its command, caps, live and ready counts, cooldown and last outcome.
+
+    Assignees named by open tasks but missing from the config are listed too, with
+    ``configured: false`` (their tasks are skipped until a profile exists).
+
+    Returns:
+        ``{assignees: [{name, configured, command, role, max_in_progress, max_runtime, running, ready,
+        ready_unassigned, cooldown_until, cooldown_reason, last_outcome, last_task, last_run, last_ended_at}],
+        running_total, max_in_progress, default_assignee}``. ``running`` counts live runs (not ``ended``),
+        as the caps do; ``ready_unassigned`` is set on the ``dispatch.default_assignee`` only; times are
+        epoch seconds; ``cooldown_until`` is null unless the profile is cooling down now.
+    """
+    d = cfg["dispatch"]
+    total, live = running_counts(conn)
+    ready = {a: n for a, n in conn.execute("SELECT assignee, count(*) FROM tasks WHERE status='ready' "
+                                           "GROUP BY assignee")}
+    waiting = {a for (a,) in conn.execute("SELECT DISTINCT assignee FROM tasks WHERE assignee IS NOT NULL "
+                                          "AND status NOT IN ('done','archived')")}
+    cooling = {p: (u, r) for p, u, r in conn.execute(
+        "SELECT profile, cooldown_until, cooldown_reason FROM profile_state WHERE cooldown_until > ?", (now,))}
+    last = {r["profile"]: r for r in conn.execute(  # SQLite: the bare columns come from the max() row
+        "SELECT profile, outcome, task_id, id, max(ended_at) AS ended_at FROM runs WHERE state='ended' "
+        "GROUP BY profile")}
+    out = []
+    for name in [*cfg["profiles"], *sorted(waiting - set(cfg["profiles"]))]:
+        prof = cfg["profiles"].get(name)
+        lr = last.get(name)
+        until, why = cooling.get(name, (None, None))
+        out.append({
+            "name": name, "configured": prof is not None,
+            "command": prof["command"] if prof else None, "role": prof.get("role") if prof else None,
+            "max_in_progress": prof.get("max_in_progress") if prof else None,
+            "max_runtime": prof.get("max_runtime") if prof else None,
+            "running": live.get(name, 0), "ready": ready.get(name, 0),
+            "ready_unassigned": ready.get(None, 0) if name == d["default_assignee"] else None,
+            "cooldown_until": until, "cooldown_reason": why,
+            "last_outcome": lr["outcome"] if lr else None, "last_task": lr["task_id"] if lr else None,
+            "last_run": lr["id"] if lr else None, "last_ended_at": lr["ended_at"] if lr else None})
+    return {"assignees": out, "running_total": total, "max_in_progress": d["max_in_progress"],
+            "default_assignee": d["default_assignee"]}
 
 
 def explain(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], limit: int = 500) -> list[dict[str, Any]]:

@@ -22,7 +22,8 @@ from daemon.config import parse_duration
 
 TASK_COLUMNS = ("id, title, body, assignee, status, priority, tenant, created_by, created_at, updated_at, "
                 "ready_at, idempotency_key, max_runtime, max_retries, consecutive_failures, result, summary, "
-                "block_reason, workspace_kind, workspace_path, current_run, cooldown_until, cooldown_kind")
+                "block_reason, workspace_kind, workspace_path, current_run, cooldown_until, cooldown_kind, "
+                "due_at, parent_reopened")
 
 
 def new_id(prefix: str, nbytes: int = 4) -> str:
@@ -87,6 +88,8 @@ def set_status(conn: sqlite3.Connection, now: float, row: sqlite3.Row, move: str
     new = transitions.move(row["id"], row["status"], move, open_parents=open_parents(conn, row["id"]))
     columns["status"] = new
     columns["updated_at"] = now
+    if row["status"] == "scheduled" and new != "scheduled":
+        columns.setdefault("due_at", None)  # leaving scheduled, by any move, drops the due time
     if new == "ready" and row["status"] != "ready":
         columns["ready_at"] = now
     sets = ", ".join(f"{k}=?" for k in columns)
@@ -125,10 +128,18 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
            assignee: str | None = None, priority: int | None = None, tenant: str | None = None,
            parents: list[str] | None = None, triage: bool = False, idempotency_key: str | None = None,
            max_runtime: str | None = None, max_retries: int | None = None, workspace: str | None = None,
-           created_by: str | None = None, default_workspace: str = "scratch") -> tuple[dict[str, Any], bool]:
-    """Create a task. Returns ``(task, created)``; ``created`` is False on an idempotent replay."""
+           created_by: str | None = None, default_workspace: str = "scratch", due_at: float | None = None
+           ) -> tuple[dict[str, Any], bool]:
+    """Create a task. Returns ``(task, created)``; ``created`` is False on an idempotent replay.
+
+    With ``due_at`` (epoch seconds, already validated by :mod:`daemon.board.schedule`) the task
+    starts ``scheduled`` and becomes ready (or todo) at that time.
+    """
     if not title.strip():
         raise RPCError("invalid_params", "title must not be empty", field="title")
+    if triage and due_at is not None:
+        raise RPCError("invalid_params", "a task is either parked in triage or scheduled (--at/--in), not both",
+                       field="triage")
     if idempotency_key:
         row = conn.execute("SELECT id FROM tasks WHERE idempotency_key=? AND status!='archived'",
                            (idempotency_key,)).fetchone()
@@ -149,23 +160,23 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
     open_count = conn.execute(
         f"SELECT count(*) FROM tasks WHERE id IN ({','.join('?' * len(parents))}) "
         "AND status NOT IN ('done','archived')", parents).fetchone()[0] if parents else 0
-    status = "triage" if triage else ("todo" if open_count else "ready")
+    status = "triage" if triage else "scheduled" if due_at is not None else ("todo" if open_count else "ready")
     task = {"id": None, "title": title, "body": body or "", "assignee": assignee, "status": status,
             "priority": priority or 0, "tenant": tenant, "created_by": created_by or os.environ.get("USER"),
             "created_at": now, "updated_at": now, "ready_at": now if status == "ready" else None,
             "idempotency_key": idempotency_key, "max_runtime": runtime, "max_retries": max_retries,
             "consecutive_failures": 0, "result": None, "summary": None, "block_reason": None,
             "workspace": {"kind": kind, "path": path}, "current_run": None, "cooldown_until": None,
-            "parents": parents}
+            "due_at": due_at, "parent_reopened": None, "parents": parents}
     for _ in range(8):  # 32 random bits: a collision is rare, and the primary key catches it
         task["id"] = new_id("t_")
         try:
             conn.execute(
                 "INSERT INTO tasks (id, title, body, assignee, status, priority, tenant, created_by, created_at, "
-                "updated_at, ready_at, idempotency_key, max_runtime, max_retries, workspace_kind, workspace_path) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "updated_at, ready_at, idempotency_key, max_runtime, max_retries, workspace_kind, workspace_path, "
+                "due_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (task["id"], title, task["body"], assignee, status, task["priority"], tenant, task["created_by"],
-                 now, now, task["ready_at"], idempotency_key, runtime, max_retries, kind, path))
+                 now, now, task["ready_at"], idempotency_key, runtime, max_retries, kind, path, due_at))
             break
         except sqlite3.IntegrityError as exc:
             if "tasks.id" not in str(exc):
@@ -173,7 +184,7 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
     if parents:
         conn.executemany("INSERT INTO links (parent, child) VALUES (?,?)", [(p, task["id"]) for p in parents])
     emit(conn, now, "created", task["id"], title=title, status=status, assignee=assignee, priority=task["priority"],
-         tenant=tenant, parents=parents)
+         tenant=tenant, parents=parents, **({"due_at": due_at} if due_at is not None else {}))
     return task, True
 
 
@@ -269,7 +280,7 @@ def complete(conn: sqlite3.Connection, now: float, ids: list[str], summary: str 
         _finish_run_by_worker(conn, now, row, run, "completed", summary=summary,
                               metadata=json.dumps(metadata, allow_nan=False) if metadata else None)
         set_status(conn, now, row, "complete", summary=summary, result=result, consecutive_failures=0,
-                   block_reason=None)
+                   block_reason=None, parent_reopened=None)
         emit(conn, now, "completed", task_id, run, summary=summary, by="worker" if run else "operator",
              workspace={"kind": row["workspace_kind"], "path": row["workspace_path"]})
         promoted += promote_children(conn, now, task_id)
@@ -387,12 +398,18 @@ def kill(conn: sqlite3.Connection, now: float, ids: list[str], block_reason: str
 
 def retry(conn: sqlite3.Connection, now: float, ids: list[str], reason: str | None = None) -> dict[str, Any]:
     """Clear each task's backoff or cooldown (and its failure count); a blocked task (the
-    breaker gave up, or a block) is requeued; a ready task starts at the next pass."""
+    breaker gave up, or a block) is requeued; a ready task starts at the next pass; a done
+    task gets a fresh run (the ``retry`` row, with the dependents held back as by a reopen:
+    :mod:`daemon.board.reopen`)."""
+    from daemon.board import reopen  # local: reopen imports this module
     _need_ids(ids)
     out = []
+    effects: dict[str, list[str]] = {k: [] for k in reopen.EFFECTS}
     for task_id in ids:
         row = get(conn, task_id)
-        if row["status"] == "blocked":
+        if row["status"] == "done":
+            reopen.reopen_one(conn, now, row, "retry", reason, effects)
+        elif row["status"] == "blocked":
             set_status(conn, now, row, "unblock", block_reason=None, consecutive_failures=0, cooldown_until=None,
                        cooldown_kind=None, skip_noted=None)
         elif row["status"] in ("ready", "todo"):
@@ -406,9 +423,10 @@ def retry(conn: sqlite3.Connection, now: float, ids: list[str], reason: str | No
         for prof in profiles - {None}:  # a rate limit of the profile it runs under is lifted too
             conn.execute("UPDATE profile_state SET cooldown_until=NULL, updated_at=? WHERE profile=? "
                          "AND cooldown_until > ?", (now, prof, now))
-        emit(conn, now, "retried", task_id, reason=reason, previous=row["status"])
+        if row["status"] != "done":  # a done task's `retried` event came from reopen_one
+            emit(conn, now, "retried", task_id, reason=reason, previous=row["status"])
         out.append(task_dict(conn, task_id))
-    return {"tasks": out}
+    return {"tasks": out, **{k: v for k, v in effects.items() if v}}
 
 
 def comment(conn: sqlite3.Connection, now: float, task_id: str, body: str, author: str | None = None

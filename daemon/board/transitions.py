@@ -80,7 +80,8 @@ def _t(move: str, sources: str, target: str, guard: str = "", doc: str = "") -> 
 
 
 TABLE: tuple[Transition, ...] = (
-    _t("promote", "triage scheduled", READY_OR_TODO, doc="operator promotes out of triage"),
+    _t("promote", "triage scheduled", READY_OR_TODO, doc="operator promotes out of triage, or starts a "
+       "scheduled task early"),
     _t("promote", "todo", "ready", "no_open_parents", doc="operator forces a todo task ready"),
     _t("park", "ready", "todo", doc="an open parent was linked"),
     _t("unpark", "todo", "ready", "no_open_parents", doc="the last open parent closed"),
@@ -94,6 +95,12 @@ TABLE: tuple[Transition, ...] = (
     _t("give_up", "running", "blocked", doc="circuit breaker"),
     _t("archive", "triage todo ready running blocked review scheduled done", "archived",
        doc="hide from lists; children may be promoted"),
+    _t("reopen", "done", READY_OR_TODO, doc="an operator sends finished work back (kanban reopen)"),
+    _t("retry", "done", READY_OR_TODO, doc="an operator asks for a fresh run of finished work (kanban retry)"),
+    _t("repark", "ready", "todo", doc="a parent was reopened (or retried): the child waits for it again"),
+    _t("schedule", "triage todo ready scheduled", "scheduled", doc="wait until a due time (kanban schedule, "
+       "create --at/--in)"),
+    _t("due", "scheduled", READY_OR_TODO, doc="the due time came (the dispatcher wakes for it)"),
 )
 
 _INDEX: dict[tuple[str, str], Transition] = {}

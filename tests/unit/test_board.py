@@ -111,6 +111,11 @@ EXPECTED = {
     **{(s, "complete"): ("done", CONFLICT) for s in ("running", "ready", "todo", "review", "triage", "scheduled")},
     **{(s, "block"): ("blocked", "blocked") for s in ("triage", "todo", "ready", "running", "review", "scheduled")},
     **{(s, "archive"): ("archived", "archived") for s in (*ALL_OPEN, "done")},
+    ("done", "reopen"): ("ready", "todo"),
+    ("done", "retry"): ("ready", "todo"),
+    ("ready", "repark"): ("todo", "todo"),
+    **{(s, "schedule"): ("scheduled", "scheduled") for s in ("triage", "todo", "ready", "scheduled")},
+    ("scheduled", "due"): ("ready", "todo"),
 }
 
 

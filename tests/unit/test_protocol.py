@@ -145,6 +145,12 @@ def test_markdown_mentions_every_method_and_error():
     ["dispatch", "--dry-run"],
     ["--socket", "/tmp/s", "stats"],
     ["tail", "t_1"],
+    ["reopen", "t_1", "t_2", "-r", "red build", "--cascade"],
+    ["schedule", "t_1", "--in", "45m"],
+    ["create", "later", "--at", "2026-12-01T02:00", "-a", "bob"],
+    ["wait", "t_1", "t_2", "--timeout", "10m"],
+    ["assignees"],
+    ["context", "t_1", "--json"],
 ])
 def test_fast_parser_agrees_with_argparse(argv, monkeypatch):
     """The hot-path parser and the argparse fallback are built from the same registry and must agree."""
