@@ -31,6 +31,11 @@ FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kind
 #: CLI-only verbs that reuse a method with fixed params.
 EXTRA_VERBS = {"tail": ("events.follow", "Stream one task's events (the single-task form of watch)")}
 COMMA_LISTS = {"status", "kinds"}
+#: Arguments a verb reads on the client side and never sends (``kanban attach`` streams FILE… itself).
+LOCAL_PARAMS = {"attach": (protocol.Param("files", "list", required=True, cli="pos+",
+                                          doc="files to attach (read by the client and streamed to the daemon)"),)}
+#: Methods whose answer may take long (gc walks and deletes files): no client-side timeout.
+UNBOUNDED = {"board.gc"}
 
 
 class UsageError(Exception):
@@ -48,10 +53,23 @@ def parser_class() -> type:
     return Parser
 
 
+def cli_method(m: protocol.Method) -> protocol.Method:
+    """The method as the command line sees it: params with ``cli=""`` hidden, ``LOCAL_PARAMS`` added
+    after the positionals."""
+    local = LOCAL_PARAMS.get(m.verb, ())
+    if not local and all(p.cli for p in m.params):
+        return m
+    shown = [p for p in m.params if p.cli]
+    at = sum(1 for p in shown if p.cli.startswith("pos"))
+    return protocol.Method(m.name, m.doc, params=(*shown[:at], *local, *shown[at:]), result=m.result,
+                           errors=m.errors, writes=m.writes, verb=m.verb, aliases=m.aliases, stream=m.stream)
+
+
 def verbs() -> dict[str, tuple[protocol.Method, str]]:
     out = {}
     for m in protocol.METHODS.values():
         if m.verb and not m.internal:
+            m = cli_method(m)
             out[m.verb] = (m, m.doc)
             for a in m.aliases:
                 out[a] = (m, m.doc)
@@ -118,7 +136,7 @@ def build_parser(only: str | None = None):
 
 
 def collect(ns) -> dict:
-    method = protocol.METHODS[ns._method]
+    method = cli_method(protocol.METHODS[ns._method])
     params: dict = {}
     for p in method.params:
         if not hasattr(ns, p.name):
@@ -234,11 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if method.stream:
             return stream(None if worker else Client(ns.socket), ns.socket, ns._verb, params, as_json, retry_for)
-        if worker:
+        if ns._verb == "attach":
+            from client import attach
+            try:
+                result = attach.send(params, ns.socket, worker, retry_for)
+            except attach.FileError as exc:
+                print(f"kanban attach: {exc}", file=sys.stderr)
+                return 2
+        elif worker:
             result = call_retrying(ns._method, params, ns.socket, retry_for=retry_for,
                                    resend=resendable(method, params))
         else:
-            with Client(ns.socket) as client:
+            with Client(ns.socket, timeout=None if ns._method in UNBOUNDED else 30.0) as client:
                 result = client.call(ns._method, params)
     except NotRunning as exc:
         print(f"kanban: {exc}", file=sys.stderr)

@@ -25,10 +25,11 @@ from typing import Any
 import structlog
 
 from client.protocol import METHODS, RPCError, check_params
-from daemon import containment, ipc, roles
+from daemon import attachstore, containment, gc, ipc, roles
+from daemon.board import attachments
 from daemon.board import db as boarddb
 from daemon.board import plan, requests, runs, tasks
-from daemon.handlers import HANDLERS, Ctx
+from daemon.handlers import DEFERRED, HANDLERS, Ctx
 
 log = structlog.get_logger()
 
@@ -69,6 +70,8 @@ class Dispatcher:
         self.dispatch_seen = 0  # events up to this id were already considered by an in-transaction pass
         self.contain = containment.from_paths(self.paths)
         self.role_pids: set[int] = {self.supervisor_pid}
+        self.uploads = attachstore.Uploads(attachments.root(self.paths["state_dir"]))  # attach.* in progress
+        self.housekeeper = gc.Housekeeper(self)  # kanban gc and the daily run
         self.on_channel(roles.early_messages(ctx))
 
     # ---- role plumbing ---------------------------------------------------
@@ -137,7 +140,7 @@ class Dispatcher:
                 err = RPCError("internal_error", f"commit failed: {exc}")
                 out = [(r, ipc.error_frame(r.id, err)) for r, _ in out]
         for r, resp in out:
-            if not r.notify:
+            if not r.notify and not (isinstance(resp, dict) and resp.get("result") is DEFERRED):  # sent later
                 self.server.send(r.conn, resp)
         self.flush_spawns()
         if n_writes:
@@ -194,7 +197,7 @@ class Dispatcher:
             seen = requests.key(method, params)  # a retried worker request: answer it as the first time
             if seen is not None and (first := requests.recall(self.db, method.name, *seen)) is not None:
                 return {"jsonrpc": "2.0", "id": r.id, **first}
-            hctx = Ctx(self.db, now, self.cfg, r.conn, self)
+            hctx = Ctx(self.db, now, self.cfg, r.conn, self, r)
             with boarddb.savepoint(self.db) if savepoint and method.writes else contextlib.nullcontext():
                 result = HANDLERS[method.name](hctx, params)
                 if seen is not None:
@@ -257,8 +260,12 @@ class Dispatcher:
         name = method.name
         if name in ("task.complete", "task.block"):
             targets = p.get("ids") or []
-        elif name in ("task.heartbeat", "task.comment"):
-            targets = [p.get("id")]
+        elif name in ("task.heartbeat", "task.comment", "attach.begin"):
+            targets = [p.get("id")]  # a worker attaches files to its own task (never detaches)
+        elif name == "attach.commit":
+            return  # commits only uploads this connection began, each authorized by attach.begin
+        elif name == "task.detach":
+            raise self._denied(name, run_id, task, "a worker may attach files to its task but not detach them")
         elif name == "task.create":
             parents = p.get("parents") or []
             if not parents or not all(self._in_subtree(task, x) for x in parents):
@@ -521,14 +528,16 @@ class Dispatcher:
                 self.tick()
             if mono >= next_sweep:
                 self.server.sweep(time.time())
+                self.uploads.sweep(mono)
                 next_sweep = mono + SWEEP_EVERY
+            gc_wait = self.housekeeper.poll()
             if self.reaper is not None and self.reaper.closed:
                 log.warning("reaper.detached")
                 self.reaper = None
             if self.dispatch_needed:
                 self.run_pass()
                 self.publish()
-            timeout = max(0.0, min(next_hb, self.next_tick, next_sweep) - time.monotonic())
+            timeout = min(max(0.0, min(next_hb, self.next_tick, next_sweep) - time.monotonic()), gc_wait)
             if self.dispatch_needed:
                 timeout = 0.0
             reqs: list[ipc.Request] = []
@@ -541,6 +550,8 @@ class Dispatcher:
                         reqs += self.server.read(obj, time.time())
                 elif kind == "listen":
                     self.server.accept(time.time())
+                elif kind == "gc":
+                    self.housekeeper.on_readable()
                 elif kind == "chan":
                     msgs = roles.recv(ctx.channel)
                     if msgs is None:
