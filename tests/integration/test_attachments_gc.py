@@ -176,6 +176,20 @@ def test_upload_protocol_discards_what_is_not_committed(make_daemon):
         assert len(os.listdir(tmpdir)) == 1
     wait_for(lambda: os.listdir(tmpdir) == [], timeout=15, what="the abandoned upload to be discarded")
     assert listing(d, t["id"])["attachments"] == [] and leftovers(d) == []
+    # a commit resent after its answer was lost (what `kanban attach` does inside a worker after a
+    # daemon restart) gets the first answer: the file is attached once
+    with Client(d.socket) as c:
+        up = c.call("attach.begin", {"id": t["id"], "name": "once.bin", "size": len(data)})["upload"]
+        c.call("attach.chunk", {"upload": up, "offset": 0, "data": base64.b64encode(data).decode()})
+        first = c.call("attach.commit", {"uploads": [up], "sha256": [sha(data)], "request_id": "rq-1"})
+    with Client(d.socket) as c:
+        assert c.call("attach.commit", {"uploads": ["u_resent"], "sha256": ["-"], "request_id": "rq-1"}) == first
+        try:  # a new request id with a dead upload: nothing was applied, the client starts over
+            c.call("attach.commit", {"uploads": ["u_resent"], "sha256": ["-"], "request_id": "rq-2"})
+            raise AssertionError("a commit of an unknown upload succeeded")
+        except ServerError as exc:
+            assert exc.name == "not_found"
+    assert [a["name"] for a in listing(d, t["id"])["attachments"]] == ["once.bin"]
 
 
 def test_the_largest_attachment_allowed_by_default(make_daemon):
