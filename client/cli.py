@@ -41,6 +41,11 @@ PAGED = {"task.list": ("cursor", "tasks"), "events.since": ("after", "events")}
 #: ``--all`` (CLI only, for paged verbs): walk every page.
 ALL_HELP = ("fetch every page, printing each as it arrives (with --json: one JSON object per line, "
             "JSON Lines)")
+#: Arguments a verb reads on the client side and never sends (``kanban attach`` streams FILE… itself).
+LOCAL_PARAMS = {"attach": (protocol.Param("files", "list", required=True, cli="pos+",
+                                          doc="files to attach (read by the client and streamed to the daemon)"),)}
+#: Methods whose answer may take long (gc walks and deletes files): no client-side timeout.
+UNBOUNDED = {"board.gc"}
 
 
 class UsageError(Exception):
@@ -63,10 +68,23 @@ def parser_class() -> type:
     return Parser
 
 
+def cli_method(m: protocol.Method) -> protocol.Method:
+    """The method as the command line sees it: params with ``cli=""`` hidden, ``LOCAL_PARAMS`` added
+    after the positionals."""
+    local = LOCAL_PARAMS.get(m.verb, ())
+    if not local and all(p.cli for p in m.params):
+        return m
+    shown = [p for p in m.params if p.cli]
+    at = sum(1 for p in shown if p.cli.startswith("pos"))
+    return protocol.Method(m.name, m.doc, params=(*shown[:at], *local, *shown[at:]), result=m.result,
+                           errors=m.errors, writes=m.writes, verb=m.verb, aliases=m.aliases, stream=m.stream)
+
+
 def verbs() -> dict[str, tuple[protocol.Method, str]]:
     out = {}
     for m in protocol.METHODS.values():
         if m.verb and not m.internal:
+            m = cli_method(m)
             out[m.verb] = (m, m.doc)
             for a in m.aliases:
                 out[a] = (m, m.doc)
@@ -144,7 +162,7 @@ def block_reason_from_positionals(ns) -> None:
 
 
 def collect(ns) -> dict:
-    method = protocol.METHODS[ns._method]
+    method = cli_method(protocol.METHODS[ns._method])
     if method.name == "task.block":
         block_reason_from_positionals(ns)
     params: dict = {}
@@ -391,11 +409,18 @@ def run(argv: list[str]) -> int:
         if walk_all:
             with Client(ns.socket) as client:
                 return walk(client, ns._method, params, as_json)
-        if worker:
+        if ns._verb == "attach":
+            from client import attach
+            try:
+                result = attach.send(params, ns.socket, worker, retry_for)
+            except attach.FileError as exc:
+                print(f"kanban attach: {exc}", file=sys.stderr)
+                return 2
+        elif worker:
             result = call_retrying(ns._method, params, ns.socket, retry_for=retry_for,
                                    resend=resendable(method, params))
         else:
-            with Client(ns.socket) as client:
+            with Client(ns.socket, timeout=None if ns._method in UNBOUNDED else 30.0) as client:
                 result = client.call(ns._method, params)
     except ConnectError as exc:  # not running, an untrusted server, a socket path too long
         fail(as_json, "not_running" if isinstance(exc, NotRunning) else "connect_refused", str(exc),

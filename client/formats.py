@@ -362,6 +362,73 @@ def fmt_subscribed(r: dict, color: bool) -> str:
     return f"{verb} {r['id']}: {r['sink']} <- {fmt_sub_target(r)} ({kinds})"
 
 
+def human_size(n: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``25.0 MiB``, ``1.2 GiB``."""
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+    return f"{n:.1f} TiB"
+
+
+def fmt_attach(r: dict, color: bool) -> str:
+    return "\n".join(f"attached {a['name']} to {a['task']} ({human_size(a['size'])}, sha256 {a['sha256'][:12]})"
+                     for a in r["attachments"])
+
+
+def fmt_attachments(r: dict, color: bool) -> str:
+    rows = [[a["name"], human_size(a["size"]), a["sha256"][:12], ago(a["created_at"]) + " ago",
+             a["created_by"] + (f" {a['run']}" if a.get("run") else "")] for a in r["attachments"]]
+    if not rows:
+        return f"{r['task']} has no attachments"
+    return table(rows, ["name", "size", "sha256", "added", "by"]) + \
+        f"\n\n{len(rows)} attachment{'s' if len(rows) != 1 else ''}, {human_size(r['total'])}"
+
+
+def span(sec: float) -> str:
+    """A retention as people say it: ``30d``, ``12h``, ``90m``, ``0s``."""
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if sec >= n and sec % n == 0:
+            return f"{sec / n:g}{unit}"
+    return f"{sec:g}s"
+
+
+def fmt_gc(r: dict, color: bool) -> str:
+    dry = r["dry_run"]
+    if r["older_than"] is None:
+        lines = ["archived tasks' files: kept (retention.archived is 0; pass --older-than)"]
+    else:
+        lines = [f"{'would collect' if dry else 'collected'} {r['tasks']} task{'s' if r['tasks'] != 1 else ''} "
+                 f"archived more than {span(r['older_than'])} ago"]
+    labels = {"logs": "logs", "run_files": "run files", "attachments": "attachments", "workspaces": "workspaces"}
+    rows = [[labels[k], str(v["count"]), human_size(v["bytes"])] for k, v in r["freed"].items()]
+    lines.append(table(rows, ["what", "count", "bytes"]))
+    b = r["branches"]
+    if b["deleted"] or b["kept"]:
+        lines.append(f"branches: {'would delete' if dry else 'deleted'} {len(b['deleted'])}"
+                     + (f" ({', '.join(b['deleted'])})" if b["deleted"] else "")
+                     + (f"; kept {len(b['kept'])} not merged or in use" if b["kept"] else ""))
+    if r["events_older_than"] is None:
+        lines.append("events: kept (retention.events is 0)")
+    else:
+        lines.append(f"events: {'would prune' if dry else 'pruned'} {r['events']['pruned']} of archived tasks, "
+                     f"older than {span(r['events_older_than'])}")
+    v = r["vacuum"]
+    if v["done"]:
+        lines.append(f"vacuum: freed {human_size(v['bytes'])} in {v['seconds']:.2f}s")
+    elif v["worthwhile"]:
+        lines.append(f"vacuum: would free about {human_size(v['bytes'])}")
+    else:
+        lines.append("vacuum: not needed")
+    lines += [f"kept {k['what']} of {k['task']}: {k['why']}" + (f" ({k['path']})" if k.get("path") else "")
+              for k in r["kept"]]
+    lines += [f"error: {e}" for e in r["errors"]]
+    lines.append(f"{'would free' if dry else 'freed'} {human_size(r['bytes'])}")
+    return "\n".join(lines)
+
+
 FORMATTERS = {
     "notify list": fmt_notify_list, "notify subscribe": fmt_subscribed,
     "notify unsubscribe": lambda r, c: "removed " + ", ".join(r["removed"]),
@@ -380,5 +447,7 @@ FORMATTERS = {
     "events": lambda r, c: "\n".join(fmt_event(e) for e in r["events"]) or "no events",
     "link": lambda r, c: f"{r['parent']} -> {r['child']} (child is {r['child_status']})",
     "unlink": lambda r, c: f"unlinked {r['parent']} -> {r['child']} (child is {r['child_status']})",
+    "attach": fmt_attach, "attachments": fmt_attachments, "gc": fmt_gc,
+    "detach": lambda r, c: f"detached {r['name']} from {r['task']} ({human_size(r['size'])})",
     "heartbeat": lambda r, c: f"claim on {r['task']} extended until {time.strftime('%H:%M:%S', time.localtime(r['claim_expires']))}",
 }

@@ -526,7 +526,7 @@ _METHOD_LIST: tuple[Method, ...] = (
         "again, running ones are flagged, done descendants flagged (or reopened with --cascade)",
         params=(_p("ids", "list", "task ids", required=True, cli="pos+"),
                 _p("reason", "str", "why (recorded in the reopened event and shown in kanban context)",
-                   required=True, short="r"),
+                   required=True, short="r", max_len=_REASON),
                 _p("cascade", "bool", "reopen done descendants too instead of flagging them")),
         result="{tasks: [task], reparked: [id], running: [id], flagged: [id], reopened: [id]}",
         errors=("not_found", "illegal_transition", "invalid_params"), writes=True, verb="reopen",
@@ -563,6 +563,54 @@ _METHOD_LIST: tuple[Method, ...] = (
                "runs: [{id, profile, outcome, exit_code, signal, summary, error_tail, started_at, ended_at}], "
                "current_run, comments: [{id, author, body, created_at}], history: [{kind, at, reason, ..}]}",
         errors=("not_found", "invalid_params"), verb="context",
+    ),
+    # ---- attachments and housekeeping (issue 11 §6, §7) ----------------------
+    Method(
+        "attach.begin", "Attach FILEs to a task: the client streams each file (attach.begin, attach.chunk, "
+        "attach.commit); begin checks the name and the size caps and opens a temp file",
+        params=(_ID, _p("name", "str", "store it under this name (default: the file's base name; one FILE only); "
+                        "sanitised, and suffixed ' (2)' when taken"),
+                _p("size", "int", "bytes the upload will send", required=True, cli=""), _RUN),
+        result="{upload, name, size, chunk}", errors=("not_found", "conflict"), writes=True, verb="attach",
+    ),
+    Method(
+        "attach.chunk", "Send the next bytes of an upload begun on this connection",
+        params=(_p("upload", "str", "upload id from attach.begin", required=True),
+                _p("offset", "int", "bytes already sent (the daemon checks it)", required=True),
+                _p("data", "str", "base64 of at most 512 KiB", required=True, max_len=700 * KIB)),
+        result="{upload, received}", errors=("not_found", "unavailable"),
+    ),
+    Method(
+        "attach.commit", "Store uploads begun on this connection as attachments, all or none",
+        params=(_p("uploads", "list", "upload ids", required=True),
+                _p("sha256", "list", "each upload's SHA-256 (hex), in the same order", required=True),
+                _RUN, _REQUEST_ID),
+        result="{attachments: [{task, name, size, sha256, path}]}", errors=("not_found", "conflict", "unavailable"),
+        writes=True,
+    ),
+    Method(
+        "attach.abort", "Discard uploads begun on this connection",
+        params=(_p("uploads", "list", "upload ids", required=True),),
+        result="{aborted: [id]}",
+    ),
+    Method(
+        "task.attachments", "List a task's attachments: name, size, SHA-256 and stored path",
+        params=(_ID,), result="{task, attachments: [{name, size, sha256, path, created_at, created_by, run}], "
+                              "total}", errors=("not_found",), verb="attachments",
+    ),
+    Method(
+        "task.detach", "Remove an attachment from a task",
+        params=(_ID, _p("name", "str", "the attachment's stored name (see kanban attachments)", required=True,
+                        cli="pos")),
+        result="{task, name, size}", errors=("not_found",), writes=True, verb="detach",
+    ),
+    Method(
+        "board.gc", "Remove logs, run files, attachments and workspaces of tasks archived longer than the "
+        "retention, prune their old events and merged wt/ branches, vacuum when worthwhile",
+        params=(_p("dry_run", "bool", "only report what would be freed"),
+                _p("older_than", "str", "archived longer than this (e.g. 30d, 12h, 0s); default retention.archived")),
+        result="{dry_run, tasks, freed: {logs, run_files, attachments, workspaces}, branches, events, vacuum, "
+               "kept, bytes}; answered when the work is done", errors=("conflict",), writes=True, verb="gc",
     ),
     # ---- internal: daemon roles talking to the dispatcher -------------------
     Method(

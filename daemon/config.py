@@ -133,6 +133,20 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "backoff_max": Field("duration", 300.0, "retry delay cap"),
         "lag_warn": Field("int", 1000, "log a warning when a sink lags by more events than this"),
     },
+    "attachments": {
+        "max_size": Field("bytes", 25 << 20, "largest single attachment (`kanban attach` refuses a bigger file "
+                          "before sending it)"),
+        "max_task_total": Field("bytes", 100 << 20, "cap on all of one task's attachments together (uploads in "
+                                "progress count)"),
+    },
+    "retention": {
+        "archived": Field("duration", 30 * 86400.0, "`kanban gc` and the daily run remove the logs, run files, "
+                          "attachments and workspaces of tasks archived longer than this (0: keep them)"),
+        "events": Field("duration", 90 * 86400.0, "gc deletes the events of archived tasks older than this, once "
+                        "every configured sink has delivered them (0: keep them)"),
+        "interval": Field("duration", 86400.0, "the daemon runs gc by itself this often, the first time a minute "
+                          "after it starts (0: never; `kanban gc` still works)"),
+    },
 }
 
 #: Top-level keys that are maps of named entries, each checked against a sub-schema.

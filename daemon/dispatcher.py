@@ -33,12 +33,16 @@ from typing import Any
 import structlog
 
 from client.protocol import METHODS, RPCError, check_params
-from daemon import containment, ipc, roles
+from daemon import attachstore, containment, gc, ipc, roles
+from daemon.board import attachments
 from daemon.board import db as boarddb
 from daemon.board import integrity, plan, requests, runs, schedule, tasks
-from daemon.handlers import HANDLERS, Ctx
+from daemon.handlers import DEFERRED, HANDLERS, Ctx
 
 log = structlog.get_logger()
+
+#: How often abandoned attachment uploads are looked for (they expire after 2 minutes idle).
+UPLOAD_SWEEP_EVERY = 5.0
 
 SHOW_CACHE_MAX = 4096
 
@@ -75,6 +79,7 @@ class Dispatcher:
         self.dispatch_seen = 0  # events up to this id were already considered by an in-transaction pass
         self.contain = containment.from_paths(self.paths)
         self.role_pids: set[int] = {self.supervisor_pid}
+        self.uploads = attachstore.Uploads(attachments.root(self.paths["state_dir"]))  # attach.* in progress
         self.on_channel(roles.early_messages(ctx))
         try:
             self.db = integrity.open_existing(self.paths["board"], self.paths["board_id"])
@@ -83,6 +88,7 @@ class Dispatcher:
             if isinstance(exc, sqlite3.DatabaseError) and not boarddb.is_corrupt(exc):
                 raise
             self.board_failed(exc)
+        self.housekeeper = gc.Housekeeper(self)  # kanban gc and the daily run (reads the board: after it opened)
 
     # ---- role plumbing ---------------------------------------------------
 
@@ -197,6 +203,9 @@ class Dispatcher:
                     self.db.execute("ROLLBACK")
                 in_tx = False
             if not r.notify:
+                if isinstance(resp, dict) and resp.get("result") is DEFERRED:
+                    out.append((r, None))  # answered later by whoever took it over (kanban gc)
+                    continue
                 resp = ipc.encode(resp)
                 budget.spend(r.conn, len(resp))
             out.append((r, resp))
@@ -218,7 +227,7 @@ class Dispatcher:
                 err = RPCError("internal_error", f"commit failed: {exc}")
                 out = [(r, self.unavailable(r) if self.board_error else ipc.error_frame(r.id, err)) for r, _ in out]
         for r, resp in out:
-            if not r.notify:
+            if not r.notify and resp is not None:  # None: a deferred answer, sent later
                 self.server.send(r.conn, resp)
         self.server.defer(deferred)
         self.flush_spawns()
@@ -282,7 +291,7 @@ class Dispatcher:
             seen = requests.key(method, params)  # a retried worker request: answer it as the first time
             if seen is not None and (first := requests.recall(self.db, method.name, *seen)) is not None:
                 return {"jsonrpc": "2.0", "id": r.id, **first}
-            hctx = Ctx(self.db, now, self.cfg, r.conn, self)
+            hctx = Ctx(self.db, now, self.cfg, r.conn, self, r)
             with boarddb.savepoint(self.db) if savepoint and method.writes else contextlib.nullcontext():
                 result = HANDLERS[method.name](hctx, params)
                 if seen is not None:
@@ -350,8 +359,12 @@ class Dispatcher:
         name = method.name
         if name in ("task.complete", "task.block"):
             targets = p.get("ids") or []
-        elif name in ("task.heartbeat", "task.comment"):
-            targets = [p.get("id")]
+        elif name in ("task.heartbeat", "task.comment", "attach.begin"):
+            targets = [p.get("id")]  # a worker attaches files to its own task (never detaches)
+        elif name == "attach.commit":
+            return  # commits only uploads this connection began, each authorized by attach.begin
+        elif name == "task.detach":
+            raise self._denied(name, run_id, task, "a worker may attach files to its task but not detach them")
         elif name == "task.create":
             parents = p.get("parents") or []
             if not parents or not all(self._in_subtree(task, x) for x in parents):
@@ -614,6 +627,7 @@ class Dispatcher:
         self.sel.register(ctx.channel, selectors.EVENT_READ, ("chan", None))
         self.sel.register(wake, selectors.EVENT_READ, ("sig", None))
         next_hb = 0.0
+        next_upload_sweep = time.monotonic() + UPLOAD_SWEEP_EVERY
         self.next_tick = time.monotonic()
         log.info("dispatcher.started", board=self.paths["board"], events=self.published)
         while True:
@@ -625,6 +639,10 @@ class Dispatcher:
                 self.guarded(self.tick)
             if mono >= self.server.sweep_at:
                 self.server.sweep(mono)
+            if mono >= next_upload_sweep:
+                self.uploads.sweep(mono)
+                next_upload_sweep = mono + UPLOAD_SWEEP_EVERY
+            gc_wait = self.housekeeper.poll()
             if self.reaper is not None and self.reaper.closed:
                 log.warning("reaper.detached")
                 self.reaper = None
@@ -633,7 +651,8 @@ class Dispatcher:
             if self.dispatch_needed:
                 self.guarded(self.run_pass)
                 self.guarded(self.publish)
-            timeout = max(0.0, min(next_hb, self.next_tick, self.server.sweep_at) - time.monotonic())
+            timeout = min(max(0.0, min(next_hb, self.next_tick, self.server.sweep_at, next_upload_sweep)
+                              - time.monotonic()), gc_wait)
             if self.dispatch_needed or self.server.has_backlog:
                 timeout = 0.0
             reqs: list[ipc.Request] = self.server.backlog(mono)
@@ -646,6 +665,8 @@ class Dispatcher:
                         reqs += self.server.read(obj, time.monotonic())
                 elif kind == "listen":
                     self.server.accept(time.monotonic())
+                elif kind == "gc":
+                    self.housekeeper.on_readable()
                 elif kind == "chan":
                     msgs = roles.recv(ctx.channel)
                     if msgs is None:

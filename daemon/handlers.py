@@ -15,12 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 from client.protocol import RPCError
-from daemon import __version__
-from daemon.board import context, plan, reopen, runs, schedule, subs, tasks
+from daemon import __version__, attachstore
+from daemon.board import attachments, context, plan, reopen, runs, schedule, subs, tasks
 from daemon.config import parse_duration
 
 Handler = Callable[["Ctx", dict[str, Any]], Any]
 HANDLERS: dict[str, Handler] = {}
+
+#: A handler's result that means "answered later": the dispatcher sends nothing now, and the
+#: handler has kept ``ctx.req`` to answer it (``board.gc`` answers when the work is done).
+DEFERRED = object()
 
 
 @dataclasses.dataclass
@@ -32,6 +36,7 @@ class Ctx:
     cfg: dict[str, Any]
     client: Any  # daemon.ipc.Connection
     disp: Any    # daemon.dispatcher.Dispatcher
+    req: Any = None  # daemon.ipc.Request: its id, for a handler that answers later
 
 
 def handler(name: str) -> Callable[[Handler], Handler]:
@@ -337,3 +342,119 @@ def notifier_pending(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     if p["sink"] not in ctx.cfg["sinks"]:
         raise RPCError("not_found", f"no sink {p['sink']!r} in the config", id=p["sink"])
     return subs.pending(ctx.db, ctx.cfg, p["sink"], p.get("limit") or 100)
+
+
+# ---- attachments and housekeeping ------------------------------------------------------------
+
+
+def _caller(ctx: Ctx) -> tuple[str, str | None]:
+    """``("worker", run)`` for a process of a run, ``("operator", None)`` otherwise."""
+    kind, run_id = ctx.disp.scope(ctx.client)
+    return ("worker", run_id) if kind == "run" else ("operator", None)
+
+
+@handler("attach.begin")
+def attach_begin(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    row = tasks.get(ctx.db, p["id"])
+    if row["status"] == "archived":
+        raise RPCError("conflict", f"task {p['id']} is archived; its attachments can no longer change", id=p["id"])
+    name = attachments.sanitize(p.get("name") or "")
+    size, caps = p["size"], ctx.cfg["attachments"]
+    if size < 0:
+        raise RPCError("invalid_params", "size must not be negative", field="size")
+    if size > caps["max_size"]:
+        raise RPCError("invalid_params", f"attachment {name!r} is {_mib(size)}; attachments.max_size is "
+                       f"{_mib(caps['max_size'])}", field="size", size=size, limit=caps["max_size"])
+    used = attachments.total_size(ctx.db, p["id"]) + ctx.disp.uploads.pending_bytes(p["id"])
+    if used + size > caps["max_task_total"]:
+        raise RPCError("invalid_params", f"task {p['id']} would hold {_mib(used + size)} of attachments; "
+                       f"attachments.max_task_total is {_mib(caps['max_task_total'])}", field="size",
+                       size=size, used=used, limit=caps["max_task_total"])
+    by, run = _caller(ctx)
+    up = ctx.disp.uploads.begin(ctx.client, p["id"], name, size, by, run)
+    return {"upload": up.id, "name": name, "size": size, "chunk": attachstore.CHUNK}
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+@handler("attach.chunk")
+def attach_chunk(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return ctx.disp.uploads.chunk(ctx.client, p["upload"], p["offset"], p["data"])
+
+
+@handler("attach.commit")
+def attach_commit(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    """All or none: any error discards every upload named (nothing is left behind)."""
+    uploads = ctx.disp.uploads
+    ups = [uploads.get(ctx.client, u) for u in dict.fromkeys(p["uploads"])]
+    try:
+        if not ups or len(p["sha256"]) != len(ups):
+            raise RPCError("invalid_params", "give one sha256 per upload, in the same order", field="sha256")
+        placements, taken, added = [], {}, {}
+        for up, want in zip(ups, p["sha256"]):
+            if uploads.finish(up) != want.lower():
+                raise RPCError("invalid_params", f"attachment {up.name!r}: SHA-256 mismatch (the file changed while "
+                               "it was sent); nothing was stored", field="sha256", id=up.id)
+            row = tasks.get(ctx.db, up.task)
+            if row["status"] == "archived":
+                raise RPCError("conflict", f"task {up.task} was archived; attachments can no longer change",
+                               id=up.task)
+            if up.task not in added:  # what the task holds before this commit
+                added[up.task] = attachments.total_size(ctx.db, up.task)
+            added[up.task] += up.size
+            limit = ctx.cfg["attachments"]["max_task_total"]
+            if added[up.task] > limit:
+                raise RPCError("invalid_params", f"task {up.task}: attachments.max_task_total ({_mib(limit)}) "
+                               "would be exceeded", field="uploads", id=up.task)
+            name = attachments.unique_name(ctx.db, uploads.root, up.task, up.name, taken.setdefault(up.task, set()))
+            taken[up.task].add(name)
+            attachments.insert(ctx.db, up.task, name, up.size, up.digest.hexdigest(), ctx.now, up.by, up.run)
+            tasks.emit(ctx.db, ctx.now, "attached", up.task, up.run, name=name, size=up.size,
+                       sha256=up.digest.hexdigest(), by=up.by)
+            placements.append((up, name))
+        paths = uploads.place(placements)
+    except RPCError:
+        for up in ups:
+            uploads.abort(up)
+        raise
+    return {"attachments": [{"task": up.task, "name": name, "size": up.size, "sha256": up.digest.hexdigest(),
+                             "path": path} for (up, name), path in zip(placements, paths)]}
+
+
+@handler("attach.abort")
+def attach_abort(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    done = []
+    for upload_id in p["uploads"]:
+        up = ctx.disp.uploads.items.get(upload_id)
+        if up is not None and up.conn is ctx.client:
+            ctx.disp.uploads.abort(up)
+            done.append(upload_id)
+    return {"aborted": done}
+
+
+@handler("task.attachments")
+def task_attachments(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    tasks.get(ctx.db, p["id"])
+    items = attachments.listing(ctx.db, ctx.disp.paths["state_dir"], p["id"])
+    return {"task": p["id"], "attachments": items, "total": sum(a["size"] for a in items)}
+
+
+@handler("task.detach")
+def task_detach(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    tasks.get(ctx.db, p["id"])
+    row = attachments.get(ctx.db, p["id"], p["name"])
+    attachments.delete_rows(ctx.db, p["id"], p["name"])
+    tasks.emit(ctx.db, ctx.now, "detached", p["id"], name=p["name"], size=row["size"])
+    path = os.path.join(attachments.task_dir(ctx.disp.uploads.root, p["id"]), p["name"])
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return {"task": p["id"], "name": p["name"], "size": row["size"]}
+
+
+@handler("board.gc")
+def board_gc(ctx: Ctx, p: dict[str, Any]) -> Any:
+    return ctx.disp.housekeeper.request(ctx, dry_run=bool(p.get("dry_run")), older_than=p.get("older_than"))

@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import structlog
 
-from daemon import containment, fsguard, roles, spawner, workspaces
+from daemon import attachstore, containment, fsguard, roles, spawner, workspaces
 from daemon.rpcpeer import Link, Peer
 
 log = structlog.get_logger()
@@ -451,6 +451,10 @@ class Reaper:
                 log.error("reaper.exit_report_refused", run=run_id, error=err)
                 return
             self.unacked.pop(run_id, None)
+            try:
+                attachstore.drop_snapshot(self.paths["runs"], run_id)
+            except OSError as exc:
+                log.warning("attachment.snapshot_left", run=run_id, error=str(exc))
             for path in (*spawner.run_files(self.paths["runs"], run_id),
                          spawner.lock_file(self.paths["runs"], run_id),
                          spawner.retry_after_file(self.paths["runs"], run_id)):

@@ -37,7 +37,8 @@ from typing import Any
 import psutil
 import setproctitle
 
-from daemon import containment, roles
+from daemon import attachstore, containment, roles
+from daemon.board import attachments
 
 from daemon.workspaces import cleanup_workspace, prepare_workspace, strictly_inside  # noqa: F401 (re-exported)
 
@@ -132,6 +133,7 @@ def worker_env(spec: dict[str, Any], paths: dict[str, str], base: dict[str, str]
         "KANBAN_BOARD": paths["board"],
         "KANBAN_PROFILE": spec["profile"],
         "KANBAN_RETRY_AFTER_FILE": retry_after_file(paths["runs"], spec["run"]),
+        "KANBAN_ATTACHMENTS": attachstore.snapshot_dir(paths["runs"], spec["run"]),
     })
     env.update({k: str(v) for k, v in spec.get("env", {}).items()})
     return env
@@ -393,6 +395,10 @@ def start(spec: dict[str, Any], paths: dict[str, str], contain: containment.Cont
         fsguard.ensure_private_dir(paths["runs"])
     except fsguard.UnsafePath as exc:
         raise SpawnError(str(exc)) from None
+    try:  # the run's own read-only copy of its task's attachments ($KANBAN_ATTACHMENTS)
+        attachstore.snapshot(attachments.root(paths["state_dir"]), spec["task"], paths["runs"], spec["run"])
+    except OSError as exc:
+        raise SpawnError(f"cannot copy the task's attachments: {exc.strerror or exc}") from None
     pid_path, exit_path = run_files(paths["runs"], spec["run"])
     cgroup = contain.run_cgroup(spec["run"])
     if cgroup:

@@ -180,6 +180,28 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN parent_reopened TEXT;
     CREATE INDEX tasks_due ON tasks(status, due_at);
     """,
+    # 7 -> 8: attachments (board/attachments.py: one row per stored file, the row is the source of
+    # truth) and housekeeping (daemon/gc.py): when gc collected an archived task's files, the
+    # archived tasks still to collect (a partial index), and the last gc run.
+    """
+    CREATE TABLE attachments (
+        task_id TEXT NOT NULL REFERENCES tasks(id),
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT,
+        run_id TEXT,
+        PRIMARY KEY (task_id, name)
+    );
+    ALTER TABLE tasks ADD COLUMN gc_at REAL;
+    CREATE INDEX tasks_to_collect ON tasks(id) WHERE status = 'archived' AND gc_at IS NULL;
+    CREATE TABLE housekeeping (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        last_run REAL,
+        report TEXT
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -172,14 +172,22 @@ def test_another_board_swapped_in_is_refused(make_daemon):
 
 def test_board_without_an_id_file_is_adopted(make_daemon):
     """A board made before board ids existed (no meta table, no id file) keeps its tasks."""
-    d, ids = populated_and_stopped(make_daemon, n=20)
-    os.unlink(os.path.join(d.state, "board.id"))
-    conn = sqlite3.connect(board_path(d))
+    d = make_daemon(start=False)
+    os.makedirs(d.state, mode=0o700)
     before_meta = next(i for i, m in enumerate(boarddb.MIGRATIONS) if "CREATE TABLE meta" in m)
-    conn.execute("DROP TABLE meta")
-    conn.execute(f"PRAGMA user_version={before_meta}")
-    conn.commit()
+    conn = sqlite3.connect(board_path(d), isolation_level=None)
+    for v in range(before_meta):  # the schema an older kanband left: every migration before the ids
+        conn.execute("BEGIN")
+        for stmt in boarddb.MIGRATIONS[v].split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version={v + 1}")
+        conn.execute("COMMIT")
+    ids = [f"t_{i:08x}" for i in range(20)]
+    conn.executemany("INSERT INTO tasks (id, title, status, created_at, updated_at) VALUES (?,?,?,?,?)",
+                     [(t, f"old {t}", "triage", 1.0, 1.0) for t in ids])
     conn.close()
+    os.chmod(board_path(d), 0o600)
     d.start()
     assert len(d.rpc("task.list", {"limit": 1000})["tasks"]) == len(ids)
     bid = read_id(d)

@@ -40,6 +40,11 @@ LINES = [
     ["notify", "unsubscribe", "s_1", "s_2"],
     ["notify", "resume", "hook"],
     ["create", "--", "-starts-with-dash"],
+    ["attach", "t_1", "a.txt", "b.bin"],
+    ["attach", "t_1", "a.txt", "--name", "spec.md", "--json"],
+    ["attachments", "t_1"],
+    ["detach", "t_1", "spec (2).md"],
+    ["gc", "--dry-run", "--older-than", "0s"],
 ]
 
 
