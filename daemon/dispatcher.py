@@ -441,7 +441,7 @@ class Dispatcher:
                               "root": self.paths["workspaces"]},
                 "log_max": self.cfg["logs"]["worker_log_max"], "config_dir": self.cfg["_dir"],
                 "kill_grace": self.cfg["dispatch"]["kill_grace"], "max_runtime": g["timeout"], "verify": True,
-                "kill_reason": run["kill_reason"]}
+                "kill_reason": run["kill_reason"] if run["verify"] == "cancelled" else None}
 
     def flush_spawns(self) -> None:
         spawns, self.pending_spawns = self.pending_spawns, []

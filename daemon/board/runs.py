@@ -290,9 +290,10 @@ def exited(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_id: st
     if run["state"] == "verifying":  # a report sent again: the verification is already under way
         return {"outcome": None, "verify": True}
     if run["verify"] == "pending" and run["outcome"] == "completed":
-        # the worker completed and none of its processes is alive: now its work is verified
-        conn.execute("UPDATE runs SET state='verifying', verify='running', exit_code=?, signal=? WHERE id=?",
-                     (exit_code, signal, run_id))
+        # the worker completed and none of its processes is alive: now its work is verified (a kill
+        # reason of the worker's, such as its max_runtime after it completed, says nothing about that)
+        conn.execute("UPDATE runs SET state='verifying', verify='running', exit_code=?, signal=?, kill_reason=NULL "
+                     "WHERE id=?", (exit_code, signal, run_id))
         tasks.emit(conn, now, "exited", run["task_id"], run_id, outcome=None, exit_code=exit_code, signal=signal,
                    verifying=True)
         return {"outcome": None, "verify": True}
@@ -363,7 +364,8 @@ def heartbeat(conn: sqlite3.Connection, now: float, task_id: str, run: str | Non
     if not run:
         raise RPCError("invalid_params", "heartbeat needs the run token (--run or $KANBAN_RUN)", field="run")
     row = tasks.get(conn, task_id)
-    tasks.check_token(row, run)
+    if not (row["status"] == "review" and row["current_run"] == run):  # a reviewer run heartbeats too
+        tasks.check_token(row, run)
     expires = now + claim_ttl
     conn.execute("UPDATE runs SET last_heartbeat=?, claim_expires=?, heartbeat_note=coalesce(?, heartbeat_note) "
                  "WHERE id=?", (now, expires, note, run))
