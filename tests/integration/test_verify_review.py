@@ -269,6 +269,7 @@ REVIEWER = r"""#!/bin/sh
 out="$OUT/$KANBAN_TASK"
 env | grep '^KANBAN_' | sort > "$out/reviewer-env"
 pwd > "$out/reviewer-cwd"
+kanban heartbeat --note "reading the diff" > /dev/null || exit 5
 kanban approve --comment "LGTM: $(cat turns) turn(s)"
 """
 
@@ -299,6 +300,42 @@ def test_a_dispatched_reviewer_approves_from_inside_its_run(make_daemon):
     assert last["body"] == "LGTM: 2 turn(s)" and last["author"] == "reviewer (review)"
     final = events(d, t, "completed")[-1]
     assert final["payload"]["by"] == "reviewer" and final["payload"]["approved"] and final["run_id"] == review["id"]
+    assert [e["payload"]["note"] for e in events(d, t, "heartbeat")] == ["reading the diff"]
+
+
+def test_reviewer_runs_count_against_the_reviewer_profiles_cap(make_daemon):
+    d = make_daemon(start=False)
+    go = Path(d.tmp) / "go"
+    setup(d, verify=False, review_by="reviewer")
+    write_script(f"{d.tmp}/slow-reviewer.sh", f"#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.05; done\n"
+                 "kanban approve\n")
+    d.cfg["profiles"]["reviewer"] = {"command": [f"{d.tmp}/slow-reviewer.sh"], "max_in_progress": 1}
+    d.write_config(d.cfg)
+    d.start()
+    ids = [d.cli_json("create", f"review {i}", "-a", "coder")["id"] for i in (1, 2)]
+    wait_for(lambda: d.cli_json("stats")["review"] == {"waiting": 1, "reviewing": 1}, what="one review running")
+    live = [r for t in ids for r in runs(d, t) if r["kind"] == "review" and r["state"] != "ended"]
+    assert len(live) == 1 and "being reviewed" in d.cli("stats").stdout
+    go.touch()
+    for t in ids:
+        d.wait_status(t, "done")
+    assert sorted(r["outcome"] for t in ids for r in ended(d, t, 2)) == ["approved", "approved", "completed",
+                                                                          "completed"]
+
+
+def test_a_worker_that_overruns_after_completing_is_still_verified(make_daemon):
+    """The kill of a worker lingering past max_runtime after `kanban complete` is not the verdict."""
+    d = make_daemon(start=False)
+    setup(d, verify={"command": ["true"]}, max_runtime="1s")
+    d.cfg["profiles"]["coder"]["command"] = [write_script(f"{d.tmp}/linger.sh", "#!/bin/sh\n"
+                                                          "kanban complete -m lingering\nexec sleep 60\n")]
+    d.write_config(d.cfg)
+    d.start()
+    t = d.cli_json("create", "linger", "-a", "coder")["id"]
+    done = d.wait_status(t, "done", timeout=20)
+    (run,) = ended(d, t, 1)
+    assert (run["outcome"], run["verify"], done["summary"]) == ("completed", "passed", "lingering")
+    assert run["signal"] == 15 and not events(d, t, "verify_interrupted")
 
 
 def test_a_worker_may_not_approve_its_own_run(make_daemon):
