@@ -464,6 +464,9 @@ class Reaper:
         """A run's verify command ended (and none of its processes is alive): its output goes to
         ``<logs>/<task>.verify-<run>.txt``, a closing separator to the task log, the result to
         the dispatcher (``run.verified``)."""
+        if rec.get("terminated") and killed_for is None and not rec.get("lost"):
+            # stopped by a reaper that died before it could say why (a shutdown, say): not a verdict
+            rec = {**rec, "lost": "the verify command was stopped, and why was lost in a restart"}
         log_path = self._log_path(task_id)
         output = spawner.verify_output(log_path, run_id)
         if rec.get("spawn_error"):
@@ -535,7 +538,7 @@ class Reaper:
             if t.deadline is not None and now >= t.deadline and t.kill_reason is None:
                 log.warning("worker.timed_out", run=t.run, task=t.task)
                 self.kill(t.run, "timeout")
-                if self.peer is not None and t.verify is None:  # the board shows the run exiting while the tree ends
+                if self.peer is not None and t.verify is None:  # the board shows it exiting while the tree ends
                     self.peer.call("run.exiting", {"run": t.run, "reason": "timeout"})
             if t.kill_at is not None and now >= t.kill_at and not t.sent_kill:
                 log.warning("worker.killing", run=t.run, task=t.task, reason=t.kill_reason)

@@ -209,6 +209,27 @@ def test_a_verification_that_outlives_a_restart_is_adopted_not_run_twice(make_da
     assert "checked" in Path(run["verify_output"]).read_text()
 
 
+def test_a_verification_stopped_from_outside_is_run_again_not_taken_as_a_rejection(make_daemon):
+    """What a reaper that died mid-shutdown leaves behind: a wrapper that was told to stop, and no reason."""
+    d = make_daemon(start=False)
+    starts, go = Path(d.tmp) / "verify-starts", Path(d.tmp) / "go"
+    check = write_script(f"{d.tmp}/slow-check.sh", f"#!/bin/sh\necho $$ >> {starts}\n"
+                         f"while [ ! -e {go} ]; do sleep 0.05; done\n")
+    setup(d, verify={"command": [check]})
+    d.start()
+    t = d.cli_json("create", "stop me", "-a", "coder")["id"]
+    wait_for(lambda: starts.exists() and starts.read_text(), what="the verify command to start")
+    (run,) = runs(d, t)
+    wrapper = json.loads((Path(d.state) / "runs" / f"{run['id']}.verify.pid").read_text())["pid"]
+    os.kill(wrapper, 15)
+    wait_for(lambda: len(starts.read_text().split()) == 2, what="the verification to run again")
+    go.touch()
+    d.wait_status(t, "done", timeout=20)
+    assert [r["outcome"] for r in ended(d, t, 1)] == ["completed"] and not events(d, t, "rejected")
+    (ev,) = events(d, t, "verify_interrupted")
+    assert "stopped" in ev["payload"]["reason"]
+
+
 # ---- review ---------------------------------------------------------------------------------------
 
 def test_review_required_waits_for_approve_which_promotes_children(make_daemon):
