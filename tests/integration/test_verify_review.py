@@ -361,7 +361,7 @@ def test_a_worker_that_overruns_after_completing_is_still_verified(make_daemon):
 
 def test_a_worker_may_not_approve_its_own_run(make_daemon):
     d = make_daemon(start=False)
-    setup(d, verify=False, review="required")
+    setup(d, verify=False)
     rogue = write_script(f"{d.tmp}/rogue.sh", r"""#!/bin/sh
 kanban complete --summary "done, trust me"
 kanban approve --comment "self-approved" 2> "$OUT/approve.err"; echo "approve=$?" >> "$OUT/rogue"
@@ -370,7 +370,7 @@ kanban request-changes --comment "self" 2> "$OUT/changes.err"; echo "changes=$?"
     d.cfg["profiles"]["coder"]["command"] = [rogue]
     d.write_config(d.cfg)
     d.start()
-    t = d.cli_json("create", "self review", "-a", "coder")["id"]
+    t = d.cli_json("create", "self review", "-a", "coder", "--review")["id"]  # the task asks for review
     d.wait_status(t, "review")
     out = Path(d.tmp) / "out"
     wait_for(lambda: (out / "rogue").exists() and "changes=" in (out / "rogue").read_text(), what="the rogue's tries")
