@@ -171,6 +171,13 @@ class PagedList:
         return "" if self.count else "no tasks"
 
 
+def run_state(x: dict) -> str:
+    """A run's outcome once it ended; before that its state (a completed run may still be verifying)."""
+    if x.get("state") == "verifying" or not x.get("outcome"):
+        return x["state"]
+    return x["outcome"] + (f" ({x['kind']})" if x.get("kind") == "review" else "")
+
+
 def fmt_show(r: dict, color: bool) -> str:
     t = r["task"]
     lines = [f"{t['id']}  {paint(t['status'], t['status'], color)}  {t['title']}"]
@@ -185,6 +192,13 @@ def fmt_show(r: dict, color: bool) -> str:
         lines.append(f"  {'FLAGGED:':<14}parent {t['parent_reopened']} was reopened after {what} "
                      f"(kanban reopen {t['id']} -r … to redo it)")
     lines.append(f"  {'created:':<14}{ago(t['created_at'])} ago   failures: {t['consecutive_failures']}")
+    if t.get("verify_command") is not None:
+        cmd = " ".join(t["verify_command"]) or "(none: the profile's is off)"
+        lines.append(f"  {'verify:':<14}{cmd}" + (f"   turns: {t['verify_turns']}" if t.get("verify_turns") else ""))
+    if t.get("verify_rejections"):
+        lines.append(f"  {'rejected:':<14}{t['verify_rejections']} run(s) in a row by verification")
+    if t.get("review") is not None:
+        lines.append(f"  {'review:':<14}{'required' if t['review'] else 'not required'}")
     if t["body"]:
         lines += ["", *("  " + line for line in t["body"].splitlines())]
     for label, key in (("parents", "parents"), ("children", "children")):
@@ -192,7 +206,7 @@ def fmt_show(r: dict, color: bool) -> str:
             lines += ["", f"{label}:"] + [f"  {x['id']}  {paint(x['status'].ljust(8), x['status'], color)} {x['title']}"
                                           for x in r[key]]
     if r["runs"]:
-        lines += ["", "runs:"] + [f"  {x['id']}  {x['outcome'] or x['state']:<18} exit={x['exit_code']} "
+        lines += ["", "runs:"] + [f"  {x['id']}  {run_state(x):<18} exit={x['exit_code']} "
                                   f"{dur(x['duration'])}  {x['summary'] or ''}".rstrip() for x in r["runs"]]
     if r["comments"]:
         lines += ["", "comments:"] + [f"  [{ago(c['created_at'])} ago] {c['author'] or '?'}: "
@@ -210,6 +224,9 @@ def fmt_stats(r: dict, color: bool) -> str:
         arows = [[a] + [str(v.get(s, 0)) for s in statuses] for a, v in sorted(r["by_assignee"].items())]
         out += "\n\n" + table(arows, ["assignee", *statuses])
     age = r["oldest_ready_age"]
+    lane = r.get("review") or {}
+    if lane.get("waiting") or lane.get("reviewing"):
+        out += f"\n\nreview lane: {lane['waiting']} waiting for a reviewer, {lane['reviewing']} being reviewed"
     out += f"\n\ntotal {r['total']}; oldest ready task waiting {dur(age) if age is not None else '-'}"
     return out
 
@@ -237,7 +254,7 @@ def fmt_status(r: dict, color: bool) -> str:
 
 
 def fmt_runs(r: dict, color: bool) -> str:
-    rows = [[x["id"], x["outcome"] or x["state"], str(x["exit_code"] if x["exit_code"] is not None else
+    rows = [[x["id"], run_state(x), str(x["exit_code"] if x["exit_code"] is not None else
                                                        (f"sig{x['signal']}" if x["signal"] else "-")),
              dur(x["duration"]), x["summary"] or (x["error"] or "").split("\n")[0]] for x in r["runs"]]
     return table(rows, ["run", "outcome", "exit", "duration", "summary"]) if rows else "no runs"
@@ -284,6 +301,8 @@ def fmt_log(r: dict, tty: bool) -> str:
 
 def fmt_tasks(r: dict, color: bool) -> str:
     lines = [fmt_task_line(t) for t in r["tasks"]]
+    if r.get("verifying"):
+        lines.append("verifying: " + ", ".join(r["verifying"]) + " (done once the verify command passes)")
     if r.get("promoted"):
         lines.append("promoted: " + ", ".join(r["promoted"]))
     return "\n".join(lines)
@@ -439,6 +458,7 @@ FORMATTERS = {
     "unblock": fmt_tasks, "archive": fmt_tasks, "reopen": fmt_reopen, "retry": fmt_reopen, "kill": fmt_tasks,
     "assignees": fmt_assignees, "context": fmt_context,
     "schedule": lambda r, c: f"{r['id']} scheduled, due {until(r['due_at'])} ({local(r['due_at'])})",
+    "approve": fmt_tasks, "request-changes": fmt_tasks,
     "create": lambda r, c: r["id"] if not sys.stdout.isatty() else f"{'created' if r['created'] else 'exists'} "
                                                                      f"{r['id']} ({r['status']}"
                                                                      + (f", due {until(r['due_at'])}"

@@ -348,6 +348,11 @@ _METHOD_LIST: tuple[Method, ...] = (
             _p("created_by", "str", "who filed it (default: $USER)"),
             _p("notify", "list", "sinks to subscribe at creation (repeatable --notify)"),
             _AT, _IN,
+            _p("verify", "str", "acceptance command run when its worker completes, e.g. \"pytest -q\" (split like "
+               "a shell, no shell runs it; \"\" turns the profile's off)"),
+            _p("verify_turns", "int", "rejected runs in a row before the task is blocked (default: the "
+               "profile's verify.max_turns, else 3)"),
+            _p("review", "bool", "completed (and verified) work waits in review for kanban approve"),
         ),
         result="task object", errors=("not_found", "conflict"), writes=True, verb="create",
     ),
@@ -612,6 +617,23 @@ _METHOD_LIST: tuple[Method, ...] = (
         result="{dry_run, tasks, freed: {logs, run_files, attachments, workspaces}, branches, events, vacuum, "
                "kept, bytes}; answered when the work is done", errors=("conflict",), writes=True, verb="gc",
     ),
+    # ---- verified completion and review -------------------------------------
+    Method(
+        "task.approve", "Approve tasks in review: done, children promoted (inside a reviewer run: its task)",
+        params=(_IDS_ENV, _p("comment", "str", "a comment to attach", short="m"), _RUN, _REQUEST_ID),
+        result="{tasks: [task], promoted: [id]}",
+        errors=("not_found", "illegal_transition", "conflict", "stale_token", "permission_denied"), writes=True,
+        verb="approve",
+    ),
+    Method(
+        "task.request_changes", "Send a task in review back to ready with a comment; its failure count is "
+        "untouched (inside a reviewer run: its task)",
+        params=(_ID_ENV, _p("comment", "str", "what to change (attached to the task)", required=True, short="m"),
+                _RUN, _REQUEST_ID),
+        result="{tasks: [task], comment}",
+        errors=("not_found", "illegal_transition", "stale_token", "permission_denied"), writes=True,
+        verb="request-changes",
+    ),
     # ---- internal: daemon roles talking to the dispatcher -------------------
     Method(
         "reaper.attach", "The reaper announces itself; the dispatcher answers with the active runs",
@@ -650,7 +672,22 @@ _METHOD_LIST: tuple[Method, ...] = (
                 _p("ended_at", "float", "when it ended", min=0),
                 _p("retry_after", "float", "seconds the worker asked to wait after exit 75", nullable=True,
                    min=0)),
-        result="{outcome}", internal=True, writes=True,
+        result="{outcome} (or {outcome: null, verify: spec}: run the verify command now)", internal=True,
+        writes=True,
+    ),
+    Method(
+        "run.verified", "The reaper reports how a run's verify command ended (-> ended: completed or rejected)",
+        params=(_p("run", "str", "run id", required=True),
+                _p("exit_code", "int", "the verify command's exit code", nullable=True),
+                _p("signal", "int", "terminating signal", nullable=True),
+                _p("timed_out", "bool", "killed for overrunning verify.timeout"),
+                _p("killed_for", "str", "why the reaper killed it (timeout, cancel, shutdown)", nullable=True),
+                _p("spawn_error", "str", "why it could not start", nullable=True, max_len=_SUMMARY),
+                _p("lost", "str", "why its status is unknowable (it is run again)", nullable=True, max_len=_SUMMARY),
+                _p("output_tail", "str", "the last part of its output", max_len=_SUMMARY),
+                _p("output_path", "str", "the file holding its whole output", nullable=True, max_len=4 * KIB),
+                _p("ended_at", "float", "when it ended", min=0)),
+        result="{outcome} (or {outcome: null, verify: spec}: run it again)", internal=True, writes=True,
     ),
     Method(
         "notifier.attach", "The notifier announces itself; returns sinks' cursors",

@@ -47,6 +47,22 @@ PROFILE: dict[str, Field] = {
     "workspace": Field("str", None, "default workspace kind for this profile's tasks", nullable=True),
     "role": Field("choice", "worker", "worker: a run acts only on its own task (and creates tasks and links "
                   "under it); orchestrator: its runs may act on the whole board", choices=("worker", "orchestrator")),
+    "verify": Field("dict", None, "acceptance check run when a worker completes: {command: [argv], timeout: "
+                    "10m, max_turns: 3}; exit 0 accepts the work, anything else sends the task back to ready; "
+                    "blocked after max_turns rejected runs in a row", nullable=True),
+    "review": Field("choice", None, "required: a completed (and verified) task waits in review for "
+                    "`kanban approve`; default: required when review_by is set, else none", nullable=True,
+                    choices=("none", "required")),
+    "review_by": Field("str", None, "the profile dispatched on this profile's tasks in review (its runs get "
+                       "KANBAN_REVIEW=1 and end with kanban approve or kanban request-changes)", nullable=True),
+}
+
+#: The keys of a profile's ``verify`` mapping: type, default, doc.
+VERIFY: dict[str, Field] = {
+    "command": Field("list", None, "argv run in the run's workspace with the worker's environment (no shell); "
+                     "placeholders as in command"),
+    "timeout": Field("duration", 600.0, "a verification running longer is killed and counts as a rejection"),
+    "max_turns": Field("int", 3, "rejected runs in a row before the task is blocked for a human"),
 }
 
 SINK: dict[str, Field] = {
@@ -59,7 +75,7 @@ SINK: dict[str, Field] = {
                     nullable=True),
     "timeout": Field("duration", 10.0, "give up on one delivery after this long"),
     "kinds": Field("list", None, "event kinds delivered (default: completed, blocked, gave_up, crashed, "
-                   "timed_out, rate_limited)", nullable=True),
+                   "timed_out, rate_limited, verify_failed, review_requested)", nullable=True),
     "all": Field("bool", False, "deliver every matching event, without needing a subscription"),
 }
 
@@ -331,6 +347,8 @@ def _check_entry(kind: str, item: dict[str, Any], where: str) -> None:
         if not all(isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in item["env"].items()):
             raise ConfigError(f"{where}.env: must map names to strings")
         item["env"] = {k: str(v) for k, v in item["env"].items()}
+        if item["verify"] is not None:
+            item["verify"] = _check_verify(item["verify"], f"{where}.verify")
     elif kind == "sinks":
         if item["type"] is None:
             raise ConfigError(f"{where}.type: required (command, webhook or desktop)")
@@ -346,6 +364,35 @@ def _check_entry(kind: str, item: dict[str, Any], where: str) -> None:
                                     "See docs/notifications.md.")
         if item["type"] == "webhook" and not item["url"]:
             raise ConfigError(f"{where}.url: required for a webhook sink")
+
+
+def _check_verify(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A profile's ``verify`` mapping, checked and converted (timeout in seconds)."""
+    out = {}
+    for key, value in raw.items():
+        if key not in VERIFY:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(VERIFY)})")
+        out[key] = _convert(VERIFY[key], value, f"{where}.{key}")
+    for key, f in VERIFY.items():
+        out.setdefault(key, copy.deepcopy(f.default))
+    if not out["command"] or not all(isinstance(a, str) for a in out["command"]):
+        raise ConfigError(f"{where}.command: must be a non-empty list of strings")
+    if out["max_turns"] < 1:
+        raise ConfigError(f"{where}.max_turns: must be at least 1")
+    if out["timeout"] <= 0:
+        raise ConfigError(f"{where}.timeout: must be positive")
+    return out
+
+
+def _check_reviewers(profiles: dict[str, Any], where: str) -> None:
+    for name, prof in profiles.items():
+        by = prof.get("review_by")
+        if by is None:
+            continue
+        if by == name:
+            raise ConfigError(f"{where}.{name}.review_by: a profile may not review its own work")
+        if by not in profiles:
+            raise ConfigError(f"{where}.{name}.review_by: no profile named {by!r}")
 
 
 def load(path: str | os.PathLike | None) -> dict[str, Any]:
@@ -386,6 +433,8 @@ def load(path: str | os.PathLike | None) -> dict[str, Any]:
     for section, value in raw.items():
         if section in NAMED:
             cfg[section] = _check_named(section, NAMED[section], value, f"{path}: {section}")
+            if section == "profiles":
+                _check_reviewers(cfg[section], f"{path}: {section}")
             continue
         if section not in SCHEMA:
             known = ", ".join([*SCHEMA, *NAMED])
@@ -431,6 +480,8 @@ def render_markdown() -> str:
     for section, fields in SCHEMA.items():
         out += [f"## `{section}`", ""] + table(fields, f"{section}.")
     out += ["## `profiles`", "", "A map of assignee name to worker profile.", ""] + table(PROFILE, "profiles.NAME.")
+    out += ["### `profiles.NAME.verify`", "", "The acceptance check (see docs/lifecycle.md, \"Verified completion\").",
+            ""] + table(VERIFY, "profiles.NAME.verify.")
     out += ["## `sinks`", "", "A map of sink name to notification sink.", ""] + table(SINK, "sinks.NAME.")
     return "\n".join(out).rstrip() + "\n"
 

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 MODES = ("auto", "cgroup", "subreaper")
-_RUN_CGROUP = re.compile(r"/run-(r_[0-9a-f]+)$")
+_RUN_CGROUP = re.compile(r"/run-(r_[0-9a-f]+)(?:\.verify)?$")  # a run's worker, or its verify command
 
 
 class ContainmentError(Exception):

@@ -36,7 +36,7 @@ from client.protocol import METHODS, RPCError, check_params
 from daemon import attachstore, containment, gc, ipc, roles
 from daemon.board import attachments
 from daemon.board import db as boarddb
-from daemon.board import integrity, plan, requests, runs, schedule, tasks
+from daemon.board import acceptance, integrity, plan, requests, runs, schedule, tasks
 from daemon.handlers import DEFERRED, HANDLERS, Ctx
 
 log = structlog.get_logger()
@@ -48,7 +48,10 @@ SHOW_CACHE_MAX = 4096
 
 #: Event kinds after which a dispatch pass may find something new to start.
 WAKE_KINDS = frozenset({"created", "completed", "unblocked", "promoted", "archived", "requeued", "exited",
-                        "assigned", "unlinked", "edited", "blocked", "gave_up", "retried", "reopened", "due"})
+                        "assigned", "unlinked", "edited", "blocked", "gave_up", "retried", "reopened", "due",
+                        "rejected", "review_requested", "changes_requested"})
+#: Methods by which a reviewer run ends its review (see :meth:`Dispatcher.authorize`).
+REVIEW_METHODS = frozenset({"task.approve", "task.request_changes"})
 
 
 class Dispatcher:
@@ -347,9 +350,18 @@ class Dispatcher:
                                "processes; a token copied into another process is refused", method=method.name,
                                run=token)
             return
-        row = self.db.execute("SELECT task_id, profile FROM runs WHERE id=?", (run_id,)).fetchone()
+        row = self.db.execute("SELECT task_id, profile, kind FROM runs WHERE id=?", (run_id,)).fetchone()
         task = row["task_id"] if row else None
         prof = self.cfg["profiles"].get(row["profile"] if row else "", {})
+        if method.name in REVIEW_METHODS:  # nobody reviews their own work, orchestrators included
+            targets = p.get("ids") or [p.get("id")]
+            for t in targets:
+                why = acceptance.implemented_by(self.db, t, run_id, row["profile"] if row else None)
+                if why:
+                    raise self._denied(method.name, run_id, task, why)
+            if prof.get("role") != "orchestrator" and (row is None or row["kind"] != "review"):
+                raise self._denied(method.name, run_id, task, "only a reviewer run (a review_by profile's) approves "
+                                   "or requests changes")
         if prof.get("role") == "orchestrator":
             if token and token != run_id:
                 raise self._denied(method.name, run_id, task, f"run token {token} is not this process's run")
@@ -359,8 +371,10 @@ class Dispatcher:
         name = method.name
         if name in ("task.complete", "task.block"):
             targets = p.get("ids") or []
-        elif name in ("task.heartbeat", "task.comment", "attach.begin"):
+        elif name in ("task.heartbeat", "task.comment", "attach.begin", "task.request_changes"):
             targets = [p.get("id")]  # a worker attaches files to its own task (never detaches)
+        elif name == "task.approve":
+            targets = p.get("ids") or []
         elif name == "attach.commit":
             return  # commits only uploads this connection began, each authorized by attach.begin
         elif name == "task.detach":
@@ -508,14 +522,33 @@ class Dispatcher:
         log.info("reaper.attached", reaper_pid=p["pid"])
         active = []
         for run in runs.active_runs(ctx.db):
-            active.append({**run, **self._spawn_extras(ctx.db, run["task_id"])})
+            extra = self._spawn_extras(ctx.db, run["task_id"], run["profile"])
+            if run["state"] == "verifying":  # the reaper finds, adopts or (re)starts its verify command
+                extra["verify"] = self.verify_spec(ctx.db, run["id"])
+            active.append({**run, **extra})
         return {"runs": active, "crash_grace": self.cfg["dispatch"]["crash_grace"]}
 
-    def _spawn_extras(self, db: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+    def _spawn_extras(self, db: sqlite3.Connection, task_id: str, profile: str | None = None) -> dict[str, Any]:
         t = tasks.get(db, task_id)
-        prof = self.cfg["profiles"].get(t["assignee"] or "", {})
+        prof = self.cfg["profiles"].get(profile or t["assignee"] or "", {})
         runtime = t["max_runtime"] if t["max_runtime"] is not None else prof.get("max_runtime")
         return {"max_runtime": runtime, "kill_grace": self.cfg["dispatch"]["kill_grace"]}
+
+    def verify_spec(self, db: sqlite3.Connection, run_id: str) -> dict[str, Any]:
+        """The spawn spec of a run's verify command: the worker's environment (plus
+        ``KANBAN_VERIFY=1``) and workspace, ``verify.timeout`` as its runtime limit."""
+        run = runs.get_run(db, run_id)
+        t = tasks.get(db, run["task_id"])
+        prof = self.cfg["profiles"].get(run["profile"] or "", {})
+        g = acceptance.gate(self.cfg, t, run["profile"])
+        ws = t["workspace_path"] or self.workspace_path(t["id"], t["workspace_kind"], None)
+        return {"run": run_id, "task": t["id"], "title": t["title"], "profile": run["profile"],
+                "command": json.loads(run["verify_command"]), "env": {**prof.get("env", {}), "KANBAN_VERIFY": "1"},
+                "workspace": {"kind": t["workspace_kind"], "path": ws, "repo": self.cfg["workspaces"]["repo"],
+                              "root": self.paths["workspaces"]},
+                "log_max": self.cfg["logs"]["worker_log_max"], "config_dir": self.cfg["_dir"],
+                "kill_grace": self.cfg["dispatch"]["kill_grace"], "max_runtime": g["timeout"], "verify": True,
+                "kill_reason": run["kill_reason"] if run["verify"] == "cancelled" else None}
 
     def flush_spawns(self) -> None:
         spawns, self.pending_spawns = self.pending_spawns, []
@@ -556,14 +589,22 @@ class Dispatcher:
                 tasks.assign(db, now, c["id"], c["profile"], source="default_assignee")
             t = tasks.get(db, c["id"])
             ws = self.workspace_path(c["id"], t["workspace_kind"], t["workspace_path"])
-            run = runs.claim(db, now, c["id"], c["profile"], self.cfg["dispatch"]["claim_ttl"], ws)
+            env = dict(self.cfg["profiles"][c["profile"]]["env"])
+            if c.get("kind") == "review":  # a reviewer: same task, same workspace, KANBAN_REVIEW=1
+                run = acceptance.claim_review(db, now, c["id"], c["profile"], self.cfg["dispatch"]["claim_ttl"])
+                env["KANBAN_REVIEW"] = "1"
+            else:
+                run = runs.claim(db, now, c["id"], c["profile"], self.cfg["dispatch"]["claim_ttl"], ws)
+                rejected = acceptance.last_rejection_output(db, c["id"])
+                if rejected:  # what the verify command said about the last attempt
+                    env["KANBAN_VERIFY_OUTPUT"] = rejected
             prof = self.cfg["profiles"][c["profile"]]
             spec = {"run": run["id"], "task": c["id"], "title": t["title"], "profile": c["profile"],
-                    "command": prof["command"], "env": prof["env"],
+                    "command": prof["command"], "env": env,
                     "workspace": {"kind": t["workspace_kind"], "path": ws, "repo": self.cfg["workspaces"]["repo"],
                                   "root": self.paths["workspaces"]},
                     "log_max": self.cfg["logs"]["worker_log_max"], "config_dir": self.cfg["_dir"],
-                    **self._spawn_extras(db, c["id"])}
+                    **self._spawn_extras(db, c["id"], c["profile"])}
             self.pending_spawns.append(spec)
             started.append({"task": c["id"], "run": run["id"], "profile": c["profile"]})
         return {"started": started, "skipped": notes, "dry_run": dry_run}

@@ -16,7 +16,7 @@ from typing import Any
 
 from client.protocol import RPCError
 from daemon import __version__, attachstore
-from daemon.board import attachments, context, plan, reopen, runs, schedule, subs, tasks
+from daemon.board import acceptance, attachments, context, plan, reopen, runs, schedule, subs, tasks
 from daemon.config import parse_duration
 
 Handler = Callable[["Ctx", dict[str, Any]], Any]
@@ -103,6 +103,12 @@ def task_comment(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 
 @handler("task.complete")
 def task_complete(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    ids = p.get("ids") or []
+    if p.get("run") is not None and len(ids) == 1:  # a worker's completion: verify and/or review first?
+        gated = acceptance.submit(ctx.db, ctx.now, ctx.cfg, ids[0], p["run"], p.get("summary"), p.get("result"),
+                                  p.get("metadata"))
+        if gated is not None:
+            return gated
     return tasks.complete(ctx.db, ctx.now, p.get("ids") or [], p.get("summary"), p.get("result"),
                           p.get("metadata"), p.get("run"))
 
@@ -110,6 +116,18 @@ def task_complete(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 @handler("task.block")
 def task_block(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return tasks.block(ctx.db, ctx.now, p.get("ids") or [], p["reason"], p.get("run"))
+
+
+@handler("task.approve")
+def task_approve(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return acceptance.approve(ctx.db, ctx.now, p.get("ids") or [], p.get("comment"), p.get("run"))
+
+
+@handler("task.request_changes")
+def task_request_changes(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    if not p.get("id"):
+        raise RPCError("invalid_params", "no task id given (outside a reviewer run, name the task)", field="id")
+    return acceptance.request_changes(ctx.db, ctx.now, p["id"], p["comment"], p.get("run"))
 
 
 @handler("task.unblock")
@@ -322,7 +340,19 @@ def run_exiting(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 @handler("run.exited")
 def run_exited(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     run_id = p.pop("run")
-    return runs.exited(ctx.db, ctx.now, ctx.cfg, run_id, **p)
+    out = runs.exited(ctx.db, ctx.now, ctx.cfg, run_id, **p)
+    if out.get("verify"):  # the worker completed and is gone: the reaper runs the verify command now
+        out["verify"] = ctx.disp.verify_spec(ctx.db, run_id)
+    return out
+
+
+@handler("run.verified")
+def run_verified(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    run_id = p.pop("run")
+    out = acceptance.verified(ctx.db, ctx.now, ctx.cfg, run_id, **p)
+    if out.get("verify"):  # interrupted: run it again
+        out["verify"] = ctx.disp.verify_spec(ctx.db, run_id)
+    return out
 
 
 @handler("notifier.attach")

@@ -13,6 +13,13 @@ Every worker is watched through a pidfd, whether it is our child or was
 adopted, so one code path notices every exit. Exit reports stay in memory
 and in the ``.exit`` file until the dispatcher acknowledges them; a reaper or
 dispatcher restart loses nothing.
+
+A run whose worker completed with a verify command pending does not end when
+its tree is gone: the answer to ``run.exited`` carries the verify command's
+spawn spec, and the reaper runs it like a worker (its own wrapper, files
+``<run>.verify.*``, the same containment, output in the task log between
+separators) and reports it with ``run.verified``. A verification the reaper
+finds neither running nor reported after a restart is started again.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ class Tracked:
     worker_pid: int | None = None
     exec_at: float | None = None
     cgroup: str | None = None
+    verify: dict[str, Any] | None = None  # the spawn spec, when this is the run's verify command
+    files: str = ""                     # name of its run files: the run id, or "<run>.verify"
 
 
 @dataclasses.dataclass
@@ -73,6 +82,7 @@ class Sweep:
     since: float                        # monotonic
     next_scan: float = 0.0
     killed: int = 0
+    verify: dict[str, Any] | None = None
 
 
 class Reaper:
@@ -121,7 +131,8 @@ class Reaper:
         for report in list(self.unacked.values()):
             self._send_exit(report)
         for t in self.tracked.values():  # a run.started sent to a dispatcher that died may be lost
-            self._send_started(t)
+            if t.verify is None:
+                self._send_started(t)
         for run in msg["result"]["runs"]:
             if run["id"] not in self.tracked and run["id"] not in self.unacked and run["id"] not in self.sweeps:
                 self.pending[run["id"]] = run
@@ -155,15 +166,17 @@ class Reaper:
         - no lock file at all: no wrapper was ever forked; report ``lost``.
         """
         for run_id, run in list(self.pending.items()):
-            pid_path, exit_path = spawner.run_files(self.paths["runs"], run_id)
-            lock_path = spawner.lock_file(self.paths["runs"], run_id)
-            cgroup = self.contain.run_cgroup(run_id)
+            verify = run.get("verify")  # the run is verifying: its verify command is what we look for
+            name = spawner.files_name(verify) if verify else run_id
+            pid_path, exit_path = spawner.run_files(self.paths["runs"], name)
+            lock_path = spawner.lock_file(self.paths["runs"], name)
+            cgroup = self.contain.run_cgroup(name)
             rec = spawner.read_json(exit_path)
             killed_for = run.get("kill_reason")
             if rec is not None:
                 del self.pending[run_id]
                 self._sweep_or_report(run_id, run["task_id"], rec, session=None, cgroup=cgroup,
-                                      killed_for=killed_for)
+                                      killed_for=killed_for, verify=verify)
                 continue
             info = spawner.read_json(pid_path)
             if info is not None:
@@ -173,7 +186,12 @@ class Reaper:
             if spawner.lock_held(lock_path):
                 continue  # forked, not yet recorded: the wrapper writes its pid file in a moment
             del self.pending[run_id]
-            if os.path.exists(lock_path) or run.get("pid"):
+            if verify and os.path.exists(lock_path):  # its wrapper died unrecorded: sweep, then run it again
+                self.begin_sweep(run_id, run["task_id"], {"lost": "the verify command's wrapper died"},
+                                 session=None, cgroup=cgroup, killed_for=killed_for, verify=verify)
+            elif verify:  # never started, or its report was acknowledged before a restart: start it
+                self.spawn(verify)
+            elif os.path.exists(lock_path) or run.get("pid"):
                 self.begin_sweep(run_id, run["task_id"], {"lost": "the run's wrapper died before recording it"},
                                  session=run.get("pid"), cgroup=cgroup, killed_for=killed_for)
             else:
@@ -181,6 +199,9 @@ class Reaper:
 
     def adopt(self, run: dict[str, Any], info: dict[str, Any]) -> None:
         run_id, pid = run["id"], info["pid"]
+        verify = run.get("verify")
+        if verify:  # its verify command's wrapper: the runtime limit counts from the command's exec
+            run = {**run, "max_runtime": verify.get("max_runtime"), "started_at": None}
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -194,26 +215,28 @@ class Reaper:
         if not alive:
             if pidfd >= 0:
                 os.close(pidfd)
-            _, exit_path = spawner.run_files(self.paths["runs"], run_id)
+            _, exit_path = spawner.run_files(self.paths["runs"], spawner.files_name(verify) if verify else run_id)
             rec = spawner.read_json(exit_path)
             if rec is None:
                 rec = {"lost": f"worker wrapper (pid {pid}) is gone and left no exit status"}
                 self.begin_sweep(run_id, run["task_id"], rec, session=pid, cgroup=info.get("cgroup"),
-                                 killed_for=run.get("kill_reason"))
+                                 killed_for=run.get("kill_reason"), verify=verify)
             else:
                 self._sweep_or_report(run_id, run["task_id"], rec, session=None, cgroup=info.get("cgroup"),
-                                      killed_for=run.get("kill_reason"))
+                                      killed_for=run.get("kill_reason"), verify=verify)
             return
         t = Tracked(run_id, run["task_id"], pid, info["start_time"], pidfd, our_child=False,
                     log=self._log_path(run["task_id"]), kill_grace=run.get("kill_grace") or 10.0,
-                    worker_pid=info.get("worker_pid"), exec_at=info.get("exec_at"), cgroup=info.get("cgroup"))
+                    worker_pid=info.get("worker_pid"), exec_at=info.get("exec_at"), cgroup=info.get("cgroup"),
+                    verify=verify, files=spawner.files_name(verify) if verify else run_id)
         started = info.get("exec_at") or run.get("started_at")
         if run.get("max_runtime") and started:
             t.deadline = time.monotonic() + max(0.0, started + run["max_runtime"] - time.time())
         self.tracked[run_id] = t
         self._watch(pidfd, run_id)
-        log.info("worker.adopted", run=run_id, task=run["task_id"], wrapper_pid=pid)
-        self._send_started(t)
+        log.info("worker.adopted", run=run_id, task=run["task_id"], wrapper_pid=pid, verify=bool(verify))
+        if verify is None:
+            self._send_started(t)
         if run.get("kill_reason"):  # the dispatcher decided to stop it while no reaper was attached
             self.kill(run_id, run["kill_reason"])
 
@@ -226,23 +249,31 @@ class Reaper:
     # ---- spawning and killing ----------------------------------------------
 
     def spawn(self, spec: dict[str, Any]) -> None:
+        """Start a run's worker, or (``spec["verify"]``) the verify command of a run whose worker is gone."""
         run_id = spec["run"]
         if run_id in self.tracked or run_id in self.sweeps or self.stopping:
             return
+        verify = spec if spec.get("verify") else None
+        if verify is not None:
+            self._unlink_files(run_id)  # the worker's files: its exit was acknowledged
+            if spec.get("kill_reason"):  # the operator decided while it was not running: nothing to verify
+                self.report(run_id, spec["task"], {"lost": "the verification was cancelled before it started"},
+                            killed_for=spec["kill_reason"], verify=verify)
+                return
 
         def forked(pid: int) -> None:
-            if self.peer is not None:
+            if self.peer is not None and verify is None:
                 self.peer.call("run.starting", {"run": run_id, "pid": pid})
 
         try:
             info = spawner.start(spec, self.paths, self.contain, on_fork=forked)
         except (spawner.SpawnError, OSError) as exc:
-            log.warning("worker.spawn_failed", run=run_id, task=spec["task"], error=str(exc))
-            self.report(run_id, spec["task"], {"spawn_error": str(exc)})
+            log.warning("worker.spawn_failed", run=run_id, task=spec["task"], error=str(exc), verify=bool(verify))
+            self.report(run_id, spec["task"], {"spawn_error": str(exc)}, verify=verify)
             return
         t = Tracked(run_id, spec["task"], info["pid"], info["start_time"], -1, our_child=True,
                     log=info["log"], kill_grace=spec.get("kill_grace") or 10.0, worker_pid=info["worker_pid"],
-                    exec_at=info["exec_at"], cgroup=info["cgroup"])
+                    exec_at=info["exec_at"], cgroup=info["cgroup"], verify=verify, files=spawner.files_name(spec))
         try:
             t.pidfd = os.pidfd_open(info["pid"])
         except OSError as exc:  # e.g. out of fds: a run we cannot watch must not keep running
@@ -251,15 +282,16 @@ class Reaper:
             os.kill(info["pid"], signal.SIGKILL)
             os.waitpid(info["pid"], 0)
             self.begin_sweep(run_id, spec["task"], {"spawn_error": f"cannot watch the worker: {exc}"},
-                             session=info["pid"], cgroup=info["cgroup"], killed_for=None)
+                             session=info["pid"], cgroup=info["cgroup"], killed_for=None, verify=verify)
             return
         if spec.get("max_runtime"):
             t.deadline = time.monotonic() + spec["max_runtime"]
         self.tracked[run_id] = t
         self._watch(t.pidfd, run_id)
         log.info("worker.started", run=run_id, task=spec["task"], profile=spec["profile"], wrapper_pid=info["pid"],
-                 worker_pid=info["worker_pid"], cgroup=info["cgroup"])
-        self._send_started(t)
+                 worker_pid=info["worker_pid"], cgroup=info["cgroup"], verify=bool(verify))
+        if verify is None:
+            self._send_started(t)
 
     def _send_started(self, t: Tracked) -> None:
         if self.peer is not None:
@@ -340,14 +372,14 @@ class Reaper:
             self.sel.unregister(t.pidfd)
         except (KeyError, ValueError):
             pass
-        _, exit_path = spawner.run_files(self.paths["runs"], run_id)
+        _, exit_path = spawner.run_files(self.paths["runs"], t.files or run_id)
         rec = spawner.read_json(exit_path)
         os.close(t.pidfd)
         status = None
         if rec is None:
             # Scan while our child is still a zombie: its pid (the run's session id) cannot be reused yet.
             self.begin_sweep(run_id, t.task, {}, session=t.pid, cgroup=t.cgroup, killed_for=t.kill_reason,
-                             log_path=t.log)
+                             log_path=t.log, verify=t.verify)
         if t.our_child:
             try:
                 _, status = os.waitpid(t.pid, 0)
@@ -364,24 +396,27 @@ class Reaper:
             self.check_sweep(sw)
             return
         self._sweep_or_report(run_id, t.task, rec, session=None, cgroup=t.cgroup, killed_for=t.kill_reason,
-                              log_path=t.log)
+                              log_path=t.log, verify=t.verify)
 
     def _sweep_or_report(self, run_id: str, task_id: str, rec: dict[str, Any], session: int | None,
-                         cgroup: str | None, killed_for: str | None, log_path: str | None = None) -> None:
+                         cgroup: str | None, killed_for: str | None, log_path: str | None = None,
+                         verify: dict[str, Any] | None = None) -> None:
         """An ``.exit`` file exists; in cgroup mode the cgroup must be empty too."""
         if cgroup and containment.cgroup_procs(cgroup):
             self.begin_sweep(run_id, task_id, rec, session=session, cgroup=cgroup, killed_for=killed_for,
-                             log_path=log_path)
+                             log_path=log_path, verify=verify)
             return
         if cgroup:
             containment.remove_cgroup(cgroup)
-        self.report(run_id, task_id, rec, log_path=log_path or self._log_path(task_id), killed_for=killed_for)
+        self.report(run_id, task_id, rec, log_path=log_path or self._log_path(task_id), killed_for=killed_for,
+                    verify=verify)
         self._after_run(task_id)
 
     def begin_sweep(self, run_id: str, task_id: str, rec: dict[str, Any], session: int | None, cgroup: str | None,
-                    killed_for: str | None, log_path: str | None = None) -> None:
+                    killed_for: str | None, log_path: str | None = None, verify: dict[str, Any] | None = None
+                    ) -> None:
         sw = Sweep(run_id, task_id, rec, session, cgroup, log_path or self._log_path(task_id), killed_for,
-                   since=time.monotonic())
+                   since=time.monotonic(), verify=verify)
         self.sweeps[run_id] = sw
         self._sweep_scan(sw)
 
@@ -415,7 +450,7 @@ class Reaper:
         sw.rec.pop("_warned", None)
         if sw.cgroup:
             containment.remove_cgroup(sw.cgroup)
-        self.report(sw.run, sw.task, sw.rec, log_path=sw.log, killed_for=sw.killed_for)
+        self.report(sw.run, sw.task, sw.rec, log_path=sw.log, killed_for=sw.killed_for, verify=sw.verify)
         self._after_run(sw.task)
 
     def _after_run(self, task_id: str) -> None:
@@ -426,7 +461,10 @@ class Reaper:
             self.cleanup(p)
 
     def report(self, run_id: str, task_id: str, rec: dict[str, Any], log_path: str | None = None,
-               killed_for: str | None = None) -> None:
+               killed_for: str | None = None, verify: dict[str, Any] | None = None) -> None:
+        if verify is not None:
+            self.report_verified(run_id, task_id, rec, killed_for, verify)
+            return
         rec = {k: (v.encode("utf-8", "replace").decode() if isinstance(v, str) else v) for k, v in rec.items()}
         report = {"run": run_id, "exit_code": rec.get("exit_code"), "signal": rec.get("signal"),
                   "timed_out": killed_for == "timeout", "killed_for": killed_for,
@@ -442,8 +480,60 @@ class Reaper:
         if self.attached:
             self._send_exit(report)
 
+    def report_verified(self, run_id: str, task_id: str, rec: dict[str, Any], killed_for: str | None,
+                        spec: dict[str, Any]) -> None:
+        """A run's verify command ended (and none of its processes is alive): its output goes to
+        ``<logs>/<task>.verify-<run>.txt``, a closing separator to the task log, the result to
+        the dispatcher (``run.verified``)."""
+        if rec.get("terminated") and killed_for is None and not rec.get("lost"):
+            # stopped by a reaper that died before it could say why (a shutdown, say): not a verdict
+            rec = {**rec, "lost": "the verify command was stopped, and why was lost in a restart"}
+        log_path = self._log_path(task_id)
+        output = spawner.verify_output(log_path, run_id)
+        if rec.get("spawn_error"):
+            output += rec["spawn_error"] + "\n"
+        if rec.get("spawn_error") or rec.get("lost"):
+            how = rec.get("spawn_error") or rec.get("lost")
+        elif killed_for == "timeout":
+            how = f"timed out after {spec.get('max_runtime')}s"
+        elif rec.get("signal"):
+            how = f"killed by signal {rec['signal']}"
+        else:
+            how = f"exit code {rec.get('exit_code')}"
+        out_path = os.path.join(self.paths["logs"], f"{task_id}.verify-{run_id}.txt")
+        try:
+            spawner.append_log(log_path, f"===== kanban verify {run_id} ended: {how} =====\n")
+            fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, output.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("verify.output_failed", run=run_id, path=out_path, error=str(exc))
+            out_path = None
+        report = {"run": run_id, "exit_code": rec.get("exit_code"), "signal": rec.get("signal"),
+                  "timed_out": killed_for == "timeout", "killed_for": killed_for,
+                  "spawn_error": rec.get("spawn_error"), "lost": rec.get("lost"),
+                  "ended_at": rec.get("ended_at") or time.time(), "output_tail": output[-4000:],
+                  "output_path": out_path, "_method": "run.verified", "_files": spawner.files_name(spec)}
+        log.info("verify.exited", run=run_id, task=task_id, exit_code=report["exit_code"], signal=report["signal"],
+                 killed_for=killed_for, spawn_error=report["spawn_error"], lost=report["lost"])
+        self.unacked[run_id] = report
+        if self.attached:
+            self._send_exit(report)
+
+    def _unlink_files(self, name: str) -> None:
+        for path in (*spawner.run_files(self.paths["runs"], name), spawner.lock_file(self.paths["runs"], name),
+                     spawner.retry_after_file(self.paths["runs"], name)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
     def _send_exit(self, report: dict[str, Any]) -> None:
         run_id = report["run"]
+        method = report.get("_method", "run.exited")
+        files = report.get("_files", run_id)
 
         def acked(msg: dict[str, Any]) -> None:
             err = msg.get("error")
@@ -451,20 +541,18 @@ class Reaper:
                 log.error("reaper.exit_report_refused", run=run_id, error=err)
                 return
             self.unacked.pop(run_id, None)
+            self._unlink_files(files)
+            verify = (msg.get("result") or {}).get("verify")
+            if verify:  # the worker completed and is gone (or a verification was interrupted): verify now
+                self.spawn(verify)
+                return
             try:
                 attachstore.drop_snapshot(self.paths["runs"], run_id)
             except OSError as exc:
                 log.warning("attachment.snapshot_left", run=run_id, error=str(exc))
-            for path in (*spawner.run_files(self.paths["runs"], run_id),
-                         spawner.lock_file(self.paths["runs"], run_id),
-                         spawner.retry_after_file(self.paths["runs"], run_id)):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
 
         if self.peer is not None:
-            self.peer.call("run.exited", report, acked)
+            self.peer.call(method, {k: v for k, v in report.items() if not k.startswith("_")}, acked)
 
     # ---- timers --------------------------------------------------------------
 
@@ -476,7 +564,7 @@ class Reaper:
             if t.deadline is not None and now >= t.deadline and t.kill_reason is None:
                 log.warning("worker.timed_out", run=t.run, task=t.task)
                 self.kill(t.run, "timeout")
-                if self.peer is not None:  # the board shows the run exiting while the tree ends
+                if self.peer is not None and t.verify is None:  # the board shows it exiting while the tree ends
                     self.peer.call("run.exiting", {"run": t.run, "reason": "timeout"})
             if t.kill_at is not None and now >= t.kill_at and not t.sent_kill:
                 log.warning("worker.killing", run=t.run, task=t.task, reason=t.kill_reason)
@@ -496,7 +584,7 @@ class Reaper:
 
     def rotate_logs(self) -> None:
         for t in self.tracked.values():
-            if spawner.rotate_if_needed(t.log, self.cfg["logs"]["worker_log_max"]):
+            if t.verify is None and spawner.rotate_if_needed(t.log, self.cfg["logs"]["worker_log_max"]):
                 log.info("worker.log_rotated", task=t.task, path=t.log)
 
     # ---- shutdown ------------------------------------------------------------

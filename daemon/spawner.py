@@ -18,6 +18,9 @@ start). The reaper deletes them once the dispatcher has acknowledged the exit.
 Every directory here (logs, runs, the workspaces root, a scratch workspace) is
 checked or created 0700 by :func:`daemon.fsguard.ensure_private_dir`, and every
 file (logs, rotated logs, run files) is opened 0600 whatever the umask.
+
+A run's verify command runs in a wrapper of its own, with the same files
+under the name ``<run>.verify`` (:func:`files_name`).
 """
 
 from __future__ import annotations
@@ -74,6 +77,39 @@ def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def run_files(runs_dir: str, run_id: str) -> tuple[str, str]:
     return os.path.join(runs_dir, f"{run_id}.pid"), os.path.join(runs_dir, f"{run_id}.exit")
+
+
+def files_name(spec: dict[str, Any]) -> str:
+    """The name of a spawn's run files (and cgroup): ``<run>``, or ``<run>.verify`` for a verify command."""
+    return f"{spec['run']}.verify" if spec.get("verify") else spec["run"]
+
+
+def verify_banner(run_id: str) -> str:
+    """The line that opens a verify command's output in the task log."""
+    return f"===== kanban verify {run_id}: "
+
+
+def verify_output(log_path: str, run_id: str, max_bytes: int = 8 << 20) -> str:
+    """What the run's latest verify command wrote to the task log (after its banner line)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    at = data.rfind(verify_banner(run_id).encode())
+    if at < 0:
+        return ""
+    nl = data.find(b"\n", at)
+    return data[nl + 1:].decode(errors="replace") if nl >= 0 else ""
+
+
+def append_log(log_path: str, text: str) -> None:
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def lock_file(runs_dir: str, run_id: str) -> str:
@@ -395,24 +431,28 @@ def start(spec: dict[str, Any], paths: dict[str, str], contain: containment.Cont
         fsguard.ensure_private_dir(paths["runs"])
     except fsguard.UnsafePath as exc:
         raise SpawnError(str(exc)) from None
-    try:  # the run's own read-only copy of its task's attachments ($KANBAN_ATTACHMENTS)
-        attachstore.snapshot(attachments.root(paths["state_dir"]), spec["task"], paths["runs"], spec["run"])
-    except OSError as exc:
-        raise SpawnError(f"cannot copy the task's attachments: {exc.strerror or exc}") from None
-    pid_path, exit_path = run_files(paths["runs"], spec["run"])
-    cgroup = contain.run_cgroup(spec["run"])
+    if not spec.get("verify"):
+        try:  # the run's own read-only copy of its task's attachments ($KANBAN_ATTACHMENTS)
+            attachstore.snapshot(attachments.root(paths["state_dir"]), spec["task"], paths["runs"], spec["run"])
+        except OSError as exc:
+            raise SpawnError(f"cannot copy the task's attachments: {exc.strerror or exc}") from None
+    name = files_name(spec)
+    pid_path, exit_path = run_files(paths["runs"], name)
+    cgroup = contain.run_cgroup(name)
     if cgroup:
         try:
             containment.make_run_cgroup(cgroup)
         except OSError as exc:
             raise SpawnError(f"cannot create the run cgroup {cgroup}: {exc.strerror or exc}") from None
-    lockfd = fsguard.open_private(lock_file(paths["runs"], spec["run"]), os.O_RDWR | os.O_CREAT)
+    lockfd = fsguard.open_private(lock_file(paths["runs"], name), os.O_RDWR | os.O_CREAT)
     fcntl.flock(lockfd, fcntl.LOCK_EX)
     try:
         logfd, log_path = open_log(paths["logs"], spec["task"], spec["log_max"])
     except (OSError, fsguard.UnsafePath) as exc:
         os.close(lockfd)
         raise SpawnError(f"task log: {exc}") from None
+    if spec.get("verify"):  # a clear separator: the verify command's output follows it in the task log
+        os.write(logfd, f"\n{verify_banner(spec['run'])}{' '.join(argv)} (in {cwd}) =====\n".encode())
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()

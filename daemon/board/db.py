@@ -202,6 +202,21 @@ MIGRATIONS: tuple[str, ...] = (
         report TEXT
     );
     """,
+    # 8 -> 9: verified completion and the review lane (board/acceptance.py). A task may carry its own
+    # verify command (JSON argv; '[]' turns the profile's off), its turn limit and a review flag, and
+    # counts rejected runs in a row. A run is 'work' or 'review'; a work run's verification state
+    # (pending, running, passed, failed, cancelled), the argv it runs, its exit and its output file.
+    """
+    ALTER TABLE tasks ADD COLUMN verify_command TEXT;
+    ALTER TABLE tasks ADD COLUMN verify_turns INTEGER;
+    ALTER TABLE tasks ADD COLUMN review INTEGER;
+    ALTER TABLE tasks ADD COLUMN verify_rejections INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'work';
+    ALTER TABLE runs ADD COLUMN verify TEXT;
+    ALTER TABLE runs ADD COLUMN verify_command TEXT;
+    ALTER TABLE runs ADD COLUMN verify_exit INTEGER;
+    ALTER TABLE runs ADD COLUMN verify_output TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

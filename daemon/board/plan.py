@@ -73,13 +73,29 @@ def candidates(conn: sqlite3.Connection, now: float, cfg: dict[str, Any]) -> lis
                 "ORDER BY priority DESC, created_at LIMIT ?", (now, slots)).fetchall()
             rows.sort(key=lambda r: (-r["priority"], r["created_at"]))
             rows = rows[:slots]
-        picked += [{**dict(r), "profile": name} for r in rows]
+        mine = [{**dict(r), "profile": name} for r in rows] + review_candidates(conn, now, cfg, name, slots)
+        mine.sort(key=lambda r: (-r["priority"], r["created_at"]))
+        picked += mine[:slots]
     picked.sort(key=lambda r: (-r["priority"], r["created_at"]))
     return picked[:free]
 
 
 #: ``skip_noted`` value for an unassigned task already reported (an assignee is never this).
 UNASSIGNED_NOTE = "\x00unassigned"
+
+
+def review_candidates(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], reviewer: str, slots: int
+                      ) -> list[dict[str, Any]]:
+    """Tasks in ``review`` that ``reviewer`` may start reviewing now: their profile names it in
+    ``review_by``, no run of theirs is alive, and no backoff holds them."""
+    reviewed = [n for n, p in cfg["profiles"].items() if p.get("review_by") == reviewer]
+    if not reviewed or slots <= 0:
+        return []
+    rows = conn.execute(
+        f"SELECT {_READY_COLS} FROM tasks WHERE status='review' AND assignee IN ({','.join('?' * len(reviewed))}) "
+        f"AND current_run IS NULL AND (cooldown_until IS NULL OR cooldown_until <= ?) AND {_NO_LIVE_RUN} "
+        "ORDER BY priority DESC, created_at LIMIT ?", (*reviewed, now, slots)).fetchall()
+    return [{**dict(r), "profile": reviewer, "kind": "review"} for r in rows]
 
 
 def unprofiled(conn: sqlite3.Connection, cfg: dict[str, Any]) -> list[sqlite3.Row]:
@@ -99,8 +115,8 @@ def unprofiled(conn: sqlite3.Connection, cfg: dict[str, Any]) -> list[sqlite3.Ro
 
 def next_wake(conn: sqlite3.Connection, now: float) -> float | None:
     """The earliest future time a time-based rule fires (cooldowns, claim expiry, a scheduled task's due time)."""
-    row = conn.execute("SELECT min(cooldown_until) FROM tasks WHERE status='ready' AND cooldown_until > ?",
-                       (now,)).fetchone()
+    row = conn.execute("SELECT min(cooldown_until) FROM tasks WHERE status IN ('ready', 'review') "
+                       "AND cooldown_until > ?", (now,)).fetchone()
     row2 = conn.execute("SELECT min(claim_expires) FROM runs WHERE state != 'ended' AND kill_reason IS NULL"
                         ).fetchone()
     row3 = conn.execute("SELECT min(cooldown_until) FROM profile_state WHERE cooldown_until > ?", (now,)).fetchone()

@@ -25,10 +25,12 @@ from daemon.board import tasks
 
 RUN_COLUMNS = ("id, task_id, profile, state, outcome, exit_code, signal, pid, start_time, worker_pid, claimed_at, "
                "started_at, ended_at, claim_expires, last_heartbeat, heartbeat_note, summary, metadata, error, "
-               "kill_reason")
+               "kill_reason, kind, verify, verify_command, verify_exit, verify_output")
 EX_TEMPFAIL = 75
 
-RUN_STATES = ("claimed", "starting", "running", "exiting", "ended")
+RUN_STATES = ("claimed", "starting", "running", "exiting", "verifying", "ended")
+#: Kills that come from an operator's decision: they cancel a pending or running verification too.
+OPERATOR_KILLS = frozenset({"cancel", "kill", "reassign"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,15 @@ RUN_TABLE: tuple[RunMove, ...] = (
     _rm("exited", "claimed starting running exiting", "ended", "reaper",
         "no process of the run is alive (wrapper's ECHILD, empty cgroup, or a sweep found nothing) "
         "and the outcome is recorded (run.exited)"),
+    _rm("verify", "claimed starting running exiting", "verifying", "reaper",
+        "as exited, but the worker completed and the work must pass its verify command first: the answer to "
+        "run.exited tells the reaper to run it, under the same containment, in the run's workspace"),
+    _rm("cancel_verify", "verifying", "verifying", "dispatcher",
+        "an operator blocked, archived, killed or reassigned the task: the verify command is stopped, and the "
+        "run ends with that outcome once it is gone"),
+    _rm("verified", "verifying", "ended", "reaper",
+        "no process of the verify command is alive; outcome completed (exit 0) or rejected (run.verified); a "
+        "verification cut short by a shutdown or lost with its wrapper stays verifying and is run again"),
 )
 _RUN_INDEX = {(src, row.move): row for row in RUN_TABLE for src in row.sources}
 
@@ -101,6 +112,10 @@ OUTCOMES: dict[str, Outcome] = {
     "lost": Outcome(False, True, True, "the exit status is truly unknowable"),
     "killed": Outcome(False, True, True, "an operator ended the run (kanban kill); requeued"),
     "reassigned": Outcome(False, True, True, "the task was assigned elsewhere while it ran; requeued"),
+    "rejected": Outcome(False, False, True, "the worker completed but the verify command failed; the task is "
+                        "back in ready with the output as a comment (max_turns bounds these, not the breaker)"),
+    "approved": Outcome(False, False, False, "a reviewer run approved the task (kanban approve)"),
+    "changes_requested": Outcome(False, False, False, "a reviewer run sent the task back (kanban request-changes)"),
 }
 
 _KILL_OUTCOMES = {"timeout": "timed_out", "stale": "stale", "reclaim": "reclaimed", "shutdown": "interrupted",
@@ -121,7 +136,7 @@ def decode_exit(*, preset: str | None, exit_code: int | None, signal: int | None
         spawn_error: Why it could not start.
         lost: Why its status is unknowable.
     """
-    if preset in ("completed", "blocked", "cancelled"):
+    if preset in ("completed", "blocked", "cancelled", "approved", "changes_requested"):
         return preset
     if spawn_error:
         return "spawn_failed"
@@ -167,6 +182,8 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> sqlite3.Row:
 def run_dict(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     d["metadata"] = json.loads(d["metadata"]) if d["metadata"] else None
+    if "verify_command" in d:
+        d["verify_command"] = json.loads(d["verify_command"]) if d["verify_command"] else None
     end = d["ended_at"]
     d["duration"] = (end - d["started_at"]) if (end and d["started_at"]) else None
     return d
@@ -270,6 +287,16 @@ def exited(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_id: st
     run = get_run(conn, run_id)
     if run["state"] == "ended":
         return {"outcome": run["outcome"], "duplicate": True}
+    if run["state"] == "verifying":  # a report sent again: the verification is already under way
+        return {"outcome": None, "verify": True}
+    if run["verify"] == "pending" and run["outcome"] == "completed":
+        # the worker completed and none of its processes is alive: now its work is verified (a kill
+        # reason of the worker's, such as its max_runtime after it completed, says nothing about that)
+        conn.execute("UPDATE runs SET state='verifying', verify='running', exit_code=?, signal=?, kill_reason=NULL "
+                     "WHERE id=?", (exit_code, signal, run_id))
+        tasks.emit(conn, now, "exited", run["task_id"], run_id, outcome=None, exit_code=exit_code, signal=signal,
+                   verifying=True)
+        return {"outcome": None, "verify": True}
     killed_for = killed_for or run["kill_reason"]
     outcome = decode_exit(preset=run["outcome"], exit_code=exit_code, signal=signal, timed_out=timed_out,
                           killed_for=killed_for, spawn_error=spawn_error, lost=lost)
@@ -294,7 +321,8 @@ def exited(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_id: st
         tasks.emit(conn, now, outcome, task["id"], run_id, **payload, error=(error or "")[-400:])
     if task["current_run"] != run_id:
         return {"outcome": outcome}
-    if task["status"] != "running" or not spec.requeue:
+    review = run["kind"] == "review"  # a reviewer that ended without a verdict: the task stays in review
+    if task["status"] != ("review" if review else "running") or not spec.requeue:
         conn.execute("UPDATE tasks SET current_run=NULL WHERE id=?", (task["id"],))
         return {"outcome": outcome}
     failures = task["consecutive_failures"] + (1 if spec.failure else 0)
@@ -320,10 +348,14 @@ def exited(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_id: st
             delay = retry_backoff(failures, cfg)
             if delay > 0:
                 cooldown, kind = now + delay, "backoff"
-        tasks.set_status(conn, now, task, "requeue", current_run=None, consecutive_failures=failures,
-                         cooldown_until=cooldown, cooldown_kind=kind)
+        if review:
+            conn.execute("UPDATE tasks SET current_run=NULL, consecutive_failures=?, cooldown_until=?, "
+                         "cooldown_kind=?, updated_at=? WHERE id=?", (failures, cooldown, kind, now, task["id"]))
+        else:
+            tasks.set_status(conn, now, task, "requeue", current_run=None, consecutive_failures=failures,
+                             cooldown_until=cooldown, cooldown_kind=kind)
         tasks.emit(conn, now, "requeued", task["id"], run_id, outcome=outcome, failures=failures, limit=limit,
-                   cooldown_until=cooldown, wait=kind)
+                   cooldown_until=cooldown, wait=kind, review=review or None)
     return {"outcome": outcome}
 
 
@@ -332,7 +364,8 @@ def heartbeat(conn: sqlite3.Connection, now: float, task_id: str, run: str | Non
     if not run:
         raise RPCError("invalid_params", "heartbeat needs the run token (--run or $KANBAN_RUN)", field="run")
     row = tasks.get(conn, task_id)
-    tasks.check_token(row, run)
+    if not (row["status"] == "review" and row["current_run"] == run):  # a reviewer run heartbeats too
+        tasks.check_token(row, run)
     expires = now + claim_ttl
     conn.execute("UPDATE runs SET last_heartbeat=?, claim_expires=?, heartbeat_note=coalesce(?, heartbeat_note) "
                  "WHERE id=?", (now, expires, note, run))
@@ -341,8 +374,8 @@ def heartbeat(conn: sqlite3.Connection, now: float, task_id: str, run: str | Non
 
 
 def expired_claims(conn: sqlite3.Connection, now: float) -> list[sqlite3.Row]:
-    return conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE state != 'ended' AND claim_expires < ? "
-                        "AND kill_reason IS NULL", (now,)).fetchall()
+    return conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE state NOT IN ('ended', 'verifying') "
+                        "AND claim_expires < ? AND kill_reason IS NULL", (now,)).fetchall()
 
 
 def extend_claim(conn: sqlite3.Connection, now: float, run: sqlite3.Row, claim_ttl: float) -> None:
@@ -360,11 +393,17 @@ def mark_kill(conn: sqlite3.Connection, now: float, run_id: str, reason: str, em
     Returns False if the run had already ended.
     """
     run = get_run(conn, run_id)
-    target = run_move(run["state"], "kill")
-    if target is None and run["state"] != "exiting":
-        return False
-    conn.execute("UPDATE runs SET state='exiting', kill_reason=coalesce(kill_reason, ?), "
-                 "outcome=coalesce(outcome, ?) WHERE id=?", (reason, outcome, run_id))
+    if run["state"] == "verifying":  # the worker is gone; its verify command is what the reaper stops
+        conn.execute("UPDATE runs SET kill_reason=coalesce(kill_reason, ?) WHERE id=?", (reason, run_id))
+    else:
+        target = run_move(run["state"], "kill")
+        if target is None and run["state"] != "exiting":
+            return False
+        conn.execute("UPDATE runs SET state='exiting', kill_reason=coalesce(kill_reason, ?), "
+                     "outcome=coalesce(outcome, ?) WHERE id=?", (reason, outcome, run_id))
+    if run["verify"] in ("pending", "running") and reason in OPERATOR_KILLS:
+        # completed but not yet accepted: the operator's decision wins over the worker's "completed"
+        conn.execute("UPDATE runs SET verify='cancelled', outcome=? WHERE id=?", (outcome, run_id))
     if emit:
         tasks.emit(conn, now, "killing", run["task_id"], run_id, reason=reason, kill_run=run_id)
     return True

@@ -22,7 +22,8 @@ from typing import Any
 from client.protocol import RPCError
 from daemon.board import tasks
 
-DEFAULT_KINDS = ("completed", "blocked", "gave_up", "crashed", "timed_out", "rate_limited")
+DEFAULT_KINDS = ("completed", "blocked", "gave_up", "crashed", "timed_out", "rate_limited", "verify_failed",
+                 "review_requested")
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 _CHUNK = 500  # ids per IN (...) clause
 

@@ -23,7 +23,7 @@ from daemon.config import parse_duration
 TASK_COLUMNS = ("id, title, body, assignee, status, priority, tenant, created_by, created_at, updated_at, "
                 "ready_at, idempotency_key, max_runtime, max_retries, consecutive_failures, result, summary, "
                 "block_reason, workspace_kind, workspace_path, current_run, cooldown_until, cooldown_kind, "
-                "due_at, parent_reopened")
+                "due_at, parent_reopened, verify_command, verify_turns, review, verify_rejections")
 
 
 def new_id(prefix: str, nbytes: int = 4) -> str:
@@ -64,6 +64,10 @@ def to_dict(row: sqlite3.Row, parents: list[str] | None = None) -> dict[str, Any
     """A task row as the wire object."""
     d = dict(row)
     d["workspace"] = {"kind": d.pop("workspace_kind"), "path": d.pop("workspace_path")}
+    if d.get("verify_command") is not None:
+        d["verify_command"] = json.loads(d["verify_command"])
+    if d.get("review") is not None:
+        d["review"] = bool(d["review"])
     if parents is not None:
         d["parents"] = parents
     return d
@@ -92,6 +96,8 @@ def set_status(conn: sqlite3.Connection, now: float, row: sqlite3.Row, move: str
         columns.setdefault("due_at", None)  # leaving scheduled, by any move, drops the due time
     if new == "ready" and row["status"] != "ready":
         columns["ready_at"] = now
+    if move == "unblock":  # a human looked at it: the verification turns start again
+        columns.setdefault("verify_rejections", 0)
     sets = ", ".join(f"{k}=?" for k in columns)
     conn.execute(f"UPDATE tasks SET {sets} WHERE id=?", (*columns.values(), row["id"]))
     return new
@@ -128,12 +134,15 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
            assignee: str | None = None, priority: int | None = None, tenant: str | None = None,
            parents: list[str] | None = None, triage: bool = False, idempotency_key: str | None = None,
            max_runtime: str | None = None, max_retries: int | None = None, workspace: str | None = None,
-           created_by: str | None = None, default_workspace: str = "scratch", due_at: float | None = None
+           created_by: str | None = None, default_workspace: str = "scratch", due_at: float | None = None,
+           verify: str | None = None, verify_turns: int | None = None, review: bool | None = None
            ) -> tuple[dict[str, Any], bool]:
     """Create a task. Returns ``(task, created)``; ``created`` is False on an idempotent replay.
 
     With ``due_at`` (epoch seconds, already validated by :mod:`daemon.board.schedule`) the task
-    starts ``scheduled`` and becomes ready (or todo) at that time.
+    starts ``scheduled`` and becomes ready (or todo) at that time. ``verify`` is a command line
+    split like a shell would (no shell runs it); an empty string turns the profile's verify
+    command off for this task. ``verify_turns`` bounds its rejected runs.
     """
     if not title.strip():
         raise RPCError("invalid_params", "title must not be empty", field="title")
@@ -153,6 +162,9 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
             raise RPCError("invalid_params", f"max_runtime: {exc}", field="max_runtime") from None
     if max_retries is not None and max_retries < 1:
         raise RPCError("invalid_params", "max_retries must be at least 1", field="max_retries")
+    verify_argv = parse_verify(verify) if verify is not None else None
+    if verify_turns is not None and verify_turns < 1:
+        raise RPCError("invalid_params", "verify_turns must be at least 1", field="verify_turns")
     kind, path = parse_workspace(workspace, default_workspace)
     parents = list(dict.fromkeys(parents or []))
     for p in parents:
@@ -167,16 +179,20 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
             "idempotency_key": idempotency_key, "max_runtime": runtime, "max_retries": max_retries,
             "consecutive_failures": 0, "result": None, "summary": None, "block_reason": None,
             "workspace": {"kind": kind, "path": path}, "current_run": None, "cooldown_until": None,
-            "due_at": due_at, "parent_reopened": None, "parents": parents}
+            "due_at": due_at, "parent_reopened": None,
+            "verify_command": verify_argv, "verify_turns": verify_turns, "review": review,
+            "verify_rejections": 0, "parents": parents}
     for _ in range(8):  # 32 random bits: a collision is rare, and the primary key catches it
         task["id"] = new_id("t_")
         try:
             conn.execute(
                 "INSERT INTO tasks (id, title, body, assignee, status, priority, tenant, created_by, created_at, "
                 "updated_at, ready_at, idempotency_key, max_runtime, max_retries, workspace_kind, workspace_path, "
-                "due_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "due_at, verify_command, verify_turns, review) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (task["id"], title, task["body"], assignee, status, task["priority"], tenant, task["created_by"],
-                 now, now, task["ready_at"], idempotency_key, runtime, max_retries, kind, path, due_at))
+                 now, now, task["ready_at"], idempotency_key, runtime, max_retries, kind, path, due_at,
+                 None if verify_argv is None else json.dumps(verify_argv), verify_turns,
+                 None if review is None else int(review)))
             break
         except sqlite3.IntegrityError as exc:
             if "tasks.id" not in str(exc):
@@ -186,6 +202,19 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
     emit(conn, now, "created", task["id"], title=title, status=status, assignee=assignee, priority=task["priority"],
          tenant=tenant, parents=parents, **({"due_at": due_at} if due_at is not None else {}))
     return task, True
+
+
+def parse_verify(text: str) -> list[str]:
+    """A ``--verify`` command line as argv (split like a shell, never run by one); ``[]`` for "none".
+
+    Raises:
+        RPCError: ``invalid_params`` naming the value (unbalanced quotes).
+    """
+    import shlex
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise RPCError("invalid_params", f"verify {text!r}: {exc}", field="verify") from None
 
 
 def _would_cycle(conn: sqlite3.Connection, parent: str, child: str) -> bool:
@@ -300,9 +329,9 @@ def block(conn: sqlite3.Connection, now: float, ids: list[str], reason: str, run
     for task_id in ids:
         row = get(conn, task_id)
         check_token(row, run)
-        fenced = row["current_run"] if (row["status"] == "running" and run is None) else None
+        fenced = row["current_run"] if (row["status"] in ("running", "review") and run is None) else None
         if fenced:
-            end_run(conn, now, fenced, "cancel", outcome="cancelled")
+            fenced = fenced if end_run(conn, now, fenced, "cancel", outcome="cancelled") else None
         else:
             _finish_run_by_worker(conn, now, row, run, "blocked")
         set_status(conn, now, row, "block", block_reason=reason,
@@ -335,9 +364,9 @@ def archive(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, A
     out, promoted = [], []
     for task_id in ids:
         row = get(conn, task_id)
-        fenced = row["current_run"] if row["status"] == "running" else None
+        fenced = row["current_run"] if row["status"] in ("running", "review") else None
         if fenced:
-            end_run(conn, now, fenced, "cancel", outcome="cancelled")
+            fenced = fenced if end_run(conn, now, fenced, "cancel", outcome="cancelled") else None
         set_status(conn, now, row, "archive", current_run=None)
         last = emit(conn, now, "archived", task_id, fenced, kill_run=fenced,
                     workspace={"kind": row["workspace_kind"], "path": row["workspace_path"]})
@@ -608,8 +637,11 @@ def stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
             per = by_assignee.setdefault(a or "(unassigned)", {})
             per[s] = per.get(s, 0) + n
     oldest = conn.execute("SELECT min(ready_at) FROM tasks WHERE status='ready'").fetchone()[0]
+    reviewing = conn.execute("SELECT count(*) FROM tasks t JOIN runs r ON r.id=t.current_run WHERE t.status='review' "
+                             "AND r.kind='review' AND r.state != 'ended'").fetchone()[0] if by_status["review"] else 0
     return {"by_status": by_status, "by_assignee": by_assignee, "total": sum(by_status.values()),
-            "oldest_ready_age": None if oldest is None else max(0.0, now - oldest)}
+            "oldest_ready_age": None if oldest is None else max(0.0, now - oldest),
+            "review": {"waiting": by_status["review"] - reviewing, "reviewing": reviewing}}
 
 
 def event_dict(row: sqlite3.Row) -> dict[str, Any]:

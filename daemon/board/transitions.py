@@ -92,7 +92,16 @@ TABLE: tuple[Transition, ...] = (
     _t("unblock", "blocked", READY_OR_TODO, doc="only an unblock ends a block"),
     _t("requeue", "running", READY_OR_TODO, doc="run ended without finishing (crash, 75, lost); todo if a parent "
        "was linked while it ran"),
-    _t("give_up", "running", "blocked", doc="circuit breaker"),
+    _t("give_up", "running review", "blocked", doc="circuit breaker (a reviewer's failures count too), or "
+       "verification failed max_turns times in a row"),
+    _t("reject", "running", READY_OR_TODO, doc="the verify command rejected the work (run outcome rejected); "
+       "the output is attached as a comment"),
+    _t("submit", "running", "review", "no_open_parents", doc="the worker completed (and the work passed "
+       "verification); the task or its profile requires review"),
+    _t("approve", "review", "done", "no_open_parents", doc="a reviewer run or an operator approved the work "
+       "(kanban approve)"),
+    _t("request_changes", "review", READY_OR_TODO, doc="a reviewer run or an operator sent the work back with a "
+       "comment (kanban request-changes); the failure count is untouched"),
     _t("archive", "triage todo ready running blocked review scheduled done", "archived",
        doc="hide from lists; children may be promoted"),
     _t("reopen", "done", READY_OR_TODO, doc="an operator sends finished work back (kanban reopen)"),

@@ -20,6 +20,8 @@ def example_config(**dispatch) -> dict:
     cfg = yaml.safe_load((EXAMPLES / "config.yaml").read_text())
     for prof in cfg["profiles"].values():
         prof["command"] = [a.replace("{config_dir}", str(EXAMPLES)) for a in prof["command"]]
+        if prof.get("verify"):
+            prof["verify"]["command"] = [a.replace("{config_dir}", str(EXAMPLES)) for a in prof["verify"]["command"]]
     cfg["dispatch"].update(dispatch)
     return cfg
 
@@ -96,3 +98,29 @@ def test_rate_limited_worker_exits_75_is_requeued_without_failure_then_completes
     for prev, nxt in zip(runs, runs[1:]):               # the cooldown was respected every time
         assert nxt["claimed_at"] >= prev["ended_at"] + cooldown - 0.05
     assert "rate limited" in d.cli("log", t).stdout
+
+
+def test_implementer_is_verified_then_reviewed_until_the_reviewer_approves(make_daemon):
+    """The implementer/reviewer pair: a sloppy first turn is rejected by check_greeting.py, the fix
+    passes, the reviewer asks for a signature, the implementer adds it, the reviewer approves."""
+    d = make_daemon(example_config())
+    t = d.cli_json("create", "write the greeting", "--assignee", "implementer")["id"]
+    done = d.wait_status(t, "done", timeout=60)
+    runs = wait_for(lambda: (rs := d.rpc("task.runs", {"id": t})["runs"]) and all(r["state"] == "ended" for r in rs)
+                    and rs, what="every run to end")
+    assert [(r["profile"], r["kind"], r["outcome"]) for r in runs] == [
+        ("implementer", "work", "rejected"), ("implementer", "work", "completed"),
+        ("reviewer", "review", "changes_requested"), ("implementer", "work", "completed"),
+        ("reviewer", "review", "approved")]
+    assert [r["verify"] for r in runs] == ["failed", "passed", None, "passed", None]
+    assert done["summary"] == "greeting.txt has 2 line(s)"
+    comments = d.rpc("task.show", {"id": t})["comments"]
+    assert [c["author"] for c in comments] == ["kanban-verify", "reviewer (review)", "reviewer (review)"]
+    assert "expected first line: Hello, world!" in comments[0]["body"]
+    assert "add a line '-- kanband'" in comments[1]["body"] and comments[2]["body"] == "Looks good (2 lines)."
+    log = d.cli("log", t).stdout
+    assert "greeting.txt: first line is 'hello world'" in log and log.count("greeting.txt: OK") == 2
+    kinds = [e["kind"] for e in d.rpc("events.since", {"task": t})["events"]]
+    assert kinds.count("rejected") == 1 and kinds.count("review_requested") == 2
+    assert kinds.count("changes_requested") == 1 and kinds.count("completed") == 1
+    wait_for(lambda: not os.path.exists(done["workspace"]["path"]), what="the scratch workspace to be removed")
