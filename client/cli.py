@@ -101,6 +101,8 @@ def verbs() -> dict[str, tuple[protocol.Method, str]]:
 
 def add_params(sp, method: protocol.Method, verb: str) -> None:
     for p in method.params:
+        if p.cli == "":  # wire only (a follow cursor, ...)
+            continue
         kw: dict = {"help": p.doc}
         if verb == "tail" and p.name == "task":
             sp.add_argument("task", metavar="ID", help="task id")

@@ -63,6 +63,8 @@ def parse(argv: list[str], verbs: dict, flag_names: dict, comma_lists: set, alia
         if p.cli.startswith("pos"):
             positional.append(p)
             continue
+        if p.cli == "":  # wire only: not on the command line
+            continue
         flags["--" + flag_names.get(p.name, p.name).replace("_", "-")] = p
         for alias in (aliases or {}).get(p.name, ()):
             flags["--" + alias] = p

@@ -547,10 +547,10 @@ _METHOD_LIST: tuple[Method, ...] = (
                 _p("offset", "int", "follow cursor: bytes already read from the current log", cli="", min=0),
                 _p("rotation", "str", "follow cursor: the rotation token the offset belongs to", cli="",
                    max_len=128)),
-        result="{path, text, size, truncated, exists, offset, rotation, more, gap, status, live, live_run}: with offset, "
-               "the bytes after the cursor (across a rotation); pass offset and rotation back for the next "
-               "bytes; more means call again at once; status is the task's; live is true while a run is "
-               "not ended, live_run names it",
+        result="{path, text, size, truncated, exists, offset, rotation, more, gap, status, live, live_run}: "
+               "with offset, the bytes after the cursor (across a rotation); pass offset and rotation back for "
+               "the next bytes; more means call again at once; status is the task's; live is true while a run "
+               "is not ended, live_run names it",
         errors=("not_found",), verb="log",
     ),
     Method(

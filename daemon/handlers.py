@@ -213,7 +213,8 @@ def events_follow(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 @handler("daemon.status")
 def daemon_status(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     d = ctx.disp
-    return {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": d.supervisor_pid, "dispatcher_pid": os.getpid(),
+    return {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": d.supervisor_pid,
+            "dispatcher_pid": os.getpid(),
             "uptime": ctx.now - d.started_at, "board": d.paths["board"], "socket": d.paths["socket"],
             "state_dir": d.paths["state_dir"], "config": ctx.cfg.get("_file"), "roles": d.role_table(ctx.now),
             "flapping": d.flapping, "reaper_attached": d.reaper is not None, "board_error": d.board_error,

@@ -443,7 +443,9 @@ with open(os.environ["PROBE_OUT"], "w") as f:
 
 
 @pytest.mark.parametrize("argv", [["list"], ["show", "t_0badcafe"], ["create", "--json", "probe"], ["--help"],
-                                  ["list", "--bogus-flag"]])
+                                  ["list", "--bogus-flag"], ["completion", "bash"], ["completion", "--values", "task"],
+                                  ["--version"], ["log", "t_0badcafe", "-f"], ["list", "--since", "1h", "-q"],
+                                  ["runs", "t_0badcafe"]])
 def test_client_imports_no_daemon_code(d, argv, tmp_path):
     out = tmp_path / "mods.json"
     env = d.env({"PROBE_OUT": str(out)})

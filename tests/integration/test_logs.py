@@ -38,7 +38,9 @@ def make(config: dict | None = None) -> Daemon:
     ctl = f"{dm.tmp}/ctl"
     os.makedirs(ctl)
     steps = write_script(f"{dm.tmp}/steps.sh", STEPS.replace("{ctl}", ctl))
-    dm.cfg["profiles"] = {"steps": {"command": [steps]}}
+    dm.cfg["profiles"] = {"steps": {"command": [steps]},
+                          "nosuch": {"command": [f"{dm.tmp}/no-such-worker"]},
+                          "nowhere": {"command": ["/bin/true"], "workspace": "dir:/proc/version/cannot-be-a-dir"}}
     dm.write_config(dm.cfg)
     dm.ctl = ctl
     return dm
@@ -156,6 +158,24 @@ def test_log_lines_and_run(d):
     assert res.returncode == 1 and f"run {r1} is not a run of task {other}" in res.stderr
     res = d.cli("log", tid, "--run", r1, "--lines", "2", check=False)
     assert res.returncode == 1 and "at most one of tail, lines and run" in res.stderr
+
+
+def test_spawn_failures_in_the_log(d):
+    tid = js(d, "create", "cannot start", "-a", "nosuch", "--max-retries", "1")["id"]
+    d.wait_status(tid, "blocked")
+    (run,) = run_ids(d, tid)
+    lines = log_lines(d, tid)
+    assert lines[0].startswith(f"===== run {run} started")
+    assert lines[-1].startswith(f"===== run {run} ended") and ": spawn_failed, cannot start " in lines[-1]
+    # no workspace, so no log at all: --run says the run is not there
+    tid = js(d, "create", "no workspace", "-a", "nowhere", "--max-retries", "1")["id"]
+    d.wait_status(tid, "blocked")
+    (run,) = run_ids(d, tid)
+    assert js(d, "runs", tid)["runs"][0]["outcome"] == "spawn_failed"
+    res = d.cli("log", tid, "--run", run)
+    assert res.stdout.strip() == f"run {run} is not in the log (rotated away, or it never started)"
+    assert js(d, "log", tid, "--run", run)["missing"] is True
+    assert d.cli("log", tid).stdout.startswith("no log yet at ")
 
 
 # ---- runs -------------------------------------------------------------------------------------------
