@@ -156,6 +156,8 @@ def test_log_lines_and_run(d):
     d.wait_status(other, "done")
     res = d.cli("log", other, "--run", r1, check=False)
     assert res.returncode == 1 and f"run {r1} is not a run of task {other}" in res.stderr
+    res = d.cli("log", "t_00000000", "-f", check=False)
+    assert res.returncode == 1 and len(res.stderr.splitlines()) == 1 and "t_00000000" in res.stderr
     res = d.cli("log", tid, "--run", r1, "--lines", "2", check=False)
     assert res.returncode == 1 and "at most one of tail, lines and run" in res.stderr
 
