@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from client import fastargs, protocol
 from client.formats import FORMATTERS, PagedList, escape, fmt_default, fmt_event, scrub, use_color
@@ -33,6 +34,8 @@ EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose rea
 
 #: Flags whose CLI name differs from the wire name (repeatable singular forms).
 FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kinds": "kinds"}
+#: Extra flag names for a param (``--kind`` as well as ``--kinds``).
+FLAG_ALIASES = {"kinds": ("kind",)}
 #: CLI-only verbs that reuse a method with fixed params.
 EXTRA_VERBS = {"tail": ("events.follow", "Stream one task's events (the single-task form of watch)")}
 COMMA_LISTS = {"status", "kinds"}
@@ -46,6 +49,27 @@ LOCAL_PARAMS = {"attach": (protocol.Param("files", "list", required=True, cli="p
                                           doc="files to attach (read by the client and streamed to the daemon)"),)}
 #: Methods whose answer may take long (gc walks and deletes files): no client-side timeout.
 UNBOUNDED = {"board.gc"}
+#: CLI-only switches, per verb: ``(names, dest, help)``. Never sent to the daemon.
+CLI_OPTIONS: dict[str, tuple[tuple[tuple[str, ...], str, str], ...]] = {
+    "list": ((("-q", "--quiet"), "quiet", "print only the task ids, one per line"),),
+    "show": ((("--no-pager",), "no_pager", "print directly, even when the output is taller than the terminal"),),
+    "tail": ((("-f", "--follow"), "follow", "keep following after the task is done or archived"),),
+    "log": ((("-f", "--follow"), "follow", "follow the log as it grows, across rotations and runs, until the "
+             "task is done, archived or blocked (with --run: until that run ends); shows the last 10 lines "
+             "first unless --lines or --run says otherwise"),),
+}
+CLI_OPTIONS["ls"] = CLI_OPTIONS["list"]
+#: What ``kanban completion`` generates scripts for.
+SHELLS = ("bash", "zsh", "fish")
+
+
+def cli_options(verb: str) -> tuple[tuple[tuple[str, ...], str, str], ...]:
+    """The CLI-only switches of ``verb`` (its first word), ``--all`` included for paged verbs."""
+    opts = CLI_OPTIONS.get(verb, ())
+    found = verbs().get(verb)
+    if found is not None and found[0].name in PAGED:
+        opts = (*opts, (("--all",), "all", ALL_HELP))
+    return opts
 
 
 class UsageError(Exception):
@@ -95,6 +119,8 @@ def verbs() -> dict[str, tuple[protocol.Method, str]]:
 
 def add_params(sp, method: protocol.Method, verb: str) -> None:
     for p in method.params:
+        if p.cli == "":  # wire only (a follow cursor, ...)
+            continue
         kw: dict = {"help": p.doc}
         if verb == "tail" and p.name == "task":
             sp.add_argument("task", metavar="ID", help="task id")
@@ -109,7 +135,7 @@ def add_params(sp, method: protocol.Method, verb: str) -> None:
             sp.add_argument(p.name, metavar=p.name.upper(), **kw)
             continue
         flag = "--" + FLAG_NAMES.get(p.name, p.name).replace("_", "-")
-        names = [flag] + ([f"-{p.short}"] if p.short else [])
+        names = [flag] + [f"--{a}" for a in FLAG_ALIASES.get(p.name, ())] + ([f"-{p.short}"] if p.short else [])
         if p.type == "bool":
             kw["action"] = "store_true"
         elif p.type == "list":
@@ -131,7 +157,14 @@ def build_parser(only: str | None = None):
     parser = Parser(prog="kanban", description="kanban: talk to the kanband task board.")
     parser.add_argument("--socket", help="daemon socket (default: $KANBAN_SOCKET or the XDG runtime dir)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    parser.add_argument("--version", action="store_true",
+                        help="print the client's and the daemon's versions (warns if their protocols differ)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    if only in (None, "completion"):
+        cp = sub.add_parser("completion", help="print a shell completion script",
+                            description="Print a completion script for SHELL; load it with "
+                                        "`source <(kanban completion bash)` (see README: Shell completion)")
+        cp.add_argument("shell", metavar="SHELL", choices=SHELLS)
     groups: dict = {}
     for verb, (method, doc) in verbs().items():
         if only is not None and verb.split()[0] != only:
@@ -147,9 +180,28 @@ def build_parser(only: str | None = None):
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON only")
         sp.set_defaults(_method=method.name, _verb=verb)
         add_params(sp, method, verb)
-        if method.name in PAGED:
-            sp.add_argument("--all", action="store_true", help=ALL_HELP)
+        for names, dest, help_text in cli_options(verb):
+            sp.add_argument(*names, dest=dest, action="store_true", help=help_text)
     return parser
+
+
+def strip_cli_options(argv: list[str], verb: str | None) -> tuple[list[str], set[str]]:
+    """Take ``verb``'s CLI-only switches out of ``argv`` (before any ``--``); returns the rest and their dests.
+
+    With ``--help`` the line is left alone, so the help lists them.
+    """
+    opts = {name: dest for names, dest, _ in cli_options(verb or "") for name in names}
+    if not opts or "--help" in argv or "-h" in argv:
+        return argv, set()
+    at = argv.index(verb) + 1
+    out, found, plain = argv[:at], set(), False
+    for a in argv[at:]:
+        plain = plain or a == "--"
+        if not plain and a in opts:
+            found.add(opts[a])
+        else:
+            out.append(a)
+    return out, found
 
 
 def block_reason_from_positionals(ns) -> None:
@@ -250,7 +302,7 @@ def resendable(method: protocol.Method, params: dict) -> bool:
             or (method.name == "task.create" and "idempotency_key" in params))
 
 
-def walk(client: Client, method: str, params: dict, as_json: bool) -> int:
+def walk(client: Client, method: str, params: dict, as_json: bool, quiet: bool = False) -> int:
     """``--all``: fetch page after page on one connection and print each as it arrives.
 
     Human output is the usual table (tasks) or event lines; ``--json`` prints one JSON
@@ -265,6 +317,8 @@ def walk(client: Client, method: str, params: dict, as_json: bool) -> int:
         page = client.call(method, params)
         if as_json:
             text = "\n".join(json.dumps(x, separators=(",", ":")) for x in page[items])
+        elif quiet:
+            text = "\n".join(t["id"] for t in page[items])
         elif pager is not None:
             text = pager.page(scrub(page[items]))
         else:
@@ -276,7 +330,7 @@ def walk(client: Client, method: str, params: dict, as_json: bool) -> int:
         if page.get("next_cursor") is None:
             break
         params[key] = page["next_cursor"]
-    if not as_json and not seen:
+    if not as_json and not quiet and not seen:
         print("no tasks" if pager is not None else "no events")
     return 0
 
@@ -317,6 +371,85 @@ def pick_verb(argv: list[str]) -> str | None:
             continue
         return a
     return None
+
+
+def socket_arg(argv: list[str]) -> str | None:
+    """The ``--socket`` given before the verb, if any."""
+    for i, a in enumerate(argv):
+        if a == "--socket" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--socket="):
+            return a.split("=", 1)[1]
+        if not a.startswith("-"):
+            break
+    return None
+
+
+def client_version() -> str:
+    """The installed kanband distribution's version (the client ships in it)."""
+    from importlib import metadata  # slow to import: only for --version
+    try:
+        return metadata.version("kanband")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def print_version(argv: list[str]) -> int:
+    """``kanban --version``: the client's version and protocol, then the daemon's (``daemon.status``).
+
+    Warns on stderr when the two protocol versions differ. Exit 0 even when no daemon
+    runs (the client's version is still known); with ``--json`` one object
+    ``{client: {version, protocol}, daemon: {version, protocol, socket} or null, protocol_mismatch}``.
+    """
+    as_json = wants_json(argv)
+    mine = {"version": client_version(), "protocol": protocol.PROTOCOL_VERSION}
+    daemon, why = None, None
+    try:
+        with Client(socket_arg(argv), retry=0.0, timeout=5.0) as c:
+            st = c.call("daemon.status")
+        daemon = {"version": st["version"], "protocol": st.get("protocol"), "socket": st["socket"]}
+    except (ConnectError, ServerError, OSError) as exc:
+        why = str(exc)
+    mismatch = daemon is not None and daemon["protocol"] != mine["protocol"]
+    if as_json:
+        print(json.dumps({"client": mine, "daemon": daemon, "protocol_mismatch": mismatch}))
+    else:
+        print(f"kanban {mine['version']} (protocol {mine['protocol']})")
+        print(f"kanband {daemon['version']} (protocol {daemon['protocol'] or 'unknown'}) on {daemon['socket']}"
+              if daemon else f"kanband: not reachable: {why}")
+    if mismatch:
+        fail(False, "protocol_mismatch", f"kanban: warning: this client speaks protocol {mine['protocol']} but "
+             f"kanband speaks {daemon['protocol'] or 'an older one'}; upgrade the older one, or expect "
+             "refused requests")
+    return 0
+
+
+def edit_interactively(socket: str | None, task_id: str, as_json: bool) -> int:
+    """``kanban edit ID`` with no field flags: the task's fields in ``$EDITOR``, applied in one request."""
+    from client import interactive
+    with Client(socket) as c:
+        task = c.call("task.show", {"id": task_id})["task"]
+    try:
+        changed, path = interactive.edit_in_editor(task, list(protocol.METHODS["task.edit"].params))
+    except interactive.FormError as exc:
+        fail(as_json, "usage_error", f"kanban edit: {exc}")
+        return 1
+    if not changed:
+        os.unlink(path)
+        print("kanban edit: nothing changed" if changed == {} else "kanban edit: empty file; nothing changed",
+              file=sys.stderr)
+        return 0
+    try:
+        with Client(socket) as c:
+            result = c.call("task.edit", {"id": task_id, **changed})
+    except ServerError as exc:
+        fail(as_json, exc.name, f"{exc} (your text is in {path})", line=f"kanban: {exc.name}: {exc} "
+             f"(your text is in {path})")
+        return 1
+    os.unlink(path)
+    print(json.dumps(result, separators=(",", ":")) if as_json else
+          f"edited {result['id']}: {', '.join(sorted(changed))}")
+    return 0
 
 
 def wants_json(argv: list[str]) -> bool:
@@ -363,27 +496,30 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str]) -> int:
     """Parse, call the daemon, print; returns the exit status."""
     first = pick_verb(argv)
-    known = {v.split()[0] for v in verbs()}
-    follow = False
-    if first == "tail" and any(a in ("--follow", "-f") for a in argv[argv.index(first):]):
-        follow = True  # a CLI-only flag of `tail`: keep following after the task is done
-        at = argv.index(first)
-        argv = argv[:at] + [a for a in argv[at:] if a not in ("--follow", "-f")]
-    walk_all = False
-    if first in verbs() and verbs()[first][0].name in PAGED and "--all" in argv[argv.index(first):] \
-            and "--help" not in argv and "-h" not in argv:
-        walk_all = True
-        at = argv.index(first)
-        argv = argv[:at] + [a for a in argv[at:] if a != "--all"]
+    known = {v.split()[0] for v in verbs()} | {"completion"}
+    if first is None and "--version" in argv and "--help" not in argv and "-h" not in argv:
+        return print_version(argv)
+    if first == "completion" and "--help" not in argv and "-h" not in argv:
+        from client import completion
+        return completion.main(argv[argv.index(first) + 1:], socket_arg(argv))
+    argv, switches = strip_cli_options(argv, first)
+    follow, walk_all = "follow" in switches, "all" in switches
     as_json = wants_json(argv)
     try:
-        ns = fastargs.parse(argv, verbs(), FLAG_NAMES, COMMA_LISTS)
+        ns = fastargs.parse(argv, verbs(), FLAG_NAMES, COMMA_LISTS, FLAG_ALIASES)
         if ns is None:
             parser = build_parser(first if first in known else None)
             ns = parser.parse_args(argv)
             if not getattr(ns, "verb", None):
                 raise UsageError("kanban: missing VERB (try `kanban --help`)")
         params = collect(ns)
+        if params.get("since") is not None:  # local times are the user's: send Unix time
+            try:
+                params["since"] = f"@{protocol.parse_since(params['since'], time.time())!r}"
+            except ValueError as exc:
+                raise UsageError(f"kanban {ns._verb}: --since: {exc}") from None
+        if params.get("body") == "-" and ns._method in ("task.create", "task.edit"):
+            params["body"] = sys.stdin.read()
     except UsageError as exc:
         fail(as_json, "usage_error", str(exc))
         return 2
@@ -403,12 +539,17 @@ def run(argv: list[str]) -> int:
         from client.wait import wait_verb
         return wait_verb(params, ns.socket, as_json, retry_for)
     try:
+        if ns._method == "task.edit" and set(params) == {"id"}:
+            return edit_interactively(ns.socket, params["id"], as_json)
+        if ns._method == "task.log" and follow:
+            from client import logs
+            return logs.follow(ns.socket, params, as_json, retry_for_from_env())
         if method.stream:
             return stream(None if worker else Client(ns.socket), ns.socket, ns._verb, params, as_json, retry_for,
                           follow=follow)
         if walk_all:
             with Client(ns.socket) as client:
-                return walk(client, ns._method, params, as_json)
+                return walk(client, ns._method, params, as_json, quiet="quiet" in switches)
         if ns._verb == "attach":
             from client import attach
             try:
@@ -440,10 +581,16 @@ def run(argv: list[str]) -> int:
         return 1
     if as_json:
         print(json.dumps(result, indent=None, separators=(",", ":")))
+    elif "quiet" in switches:
+        for t in result["tasks"]:
+            print(t["id"])
     else:
         fmt = FORMATTERS.get(ns._verb, fmt_default)
         out = fmt(result if ns._verb == "log" else scrub(result), use_color())
-        if out:
+        if out and ns._verb == "show" and "no_pager" not in switches and sys.stdout.isatty():
+            from client import interactive
+            interactive.page(out)
+        elif out:
             print(out)
     hint = more_hint(ns._verb, ns._method, result)
     if hint:

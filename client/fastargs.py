@@ -19,8 +19,12 @@ from client import protocol
 GLOBAL_FLAGS = {"--json": "json", "--socket": "socket"}
 
 
-def parse(argv: list[str], verbs: dict, flag_names: dict, comma_lists: set) -> types.SimpleNamespace | None:
-    """Parse ``argv`` like the argparse parser would, or return ``None`` to defer to it."""
+def parse(argv: list[str], verbs: dict, flag_names: dict, comma_lists: set, aliases: dict | None = None
+          ) -> types.SimpleNamespace | None:
+    """Parse ``argv`` like the argparse parser would, or return ``None`` to defer to it.
+
+    ``aliases`` maps a param name to extra flag names (without ``--``) that mean the same.
+    """
     ns = types.SimpleNamespace(json=False, socket=None, none=False)
     rest = list(argv)
     words: list[str] = []
@@ -59,7 +63,11 @@ def parse(argv: list[str], verbs: dict, flag_names: dict, comma_lists: set) -> t
         if p.cli.startswith("pos"):
             positional.append(p)
             continue
+        if p.cli == "":  # wire only: not on the command line
+            continue
         flags["--" + flag_names.get(p.name, p.name).replace("_", "-")] = p
+        for alias in (aliases or {}).get(p.name, ()):
+            flags["--" + alias] = p
         if p.short:
             flags["-" + p.short] = p
     if method.name == "task.assign":

@@ -206,8 +206,9 @@ def fmt_show(r: dict, color: bool) -> str:
             lines += ["", f"{label}:"] + [f"  {x['id']}  {paint(x['status'].ljust(8), x['status'], color)} {x['title']}"
                                           for x in r[key]]
     if r["runs"]:
-        lines += ["", "runs:"] + [f"  {x['id']}  {run_state(x):<18} exit={x['exit_code']} "
-                                  f"{dur(x['duration'])}  {x['summary'] or ''}".rstrip() for x in r["runs"]]
+        now = time.time()
+        lines += ["", "runs:"] + [f"  {x['id']}  {run_state(x):<18} exit {exit_text(x):<7} "
+                                  f"{elapsed(x, now)}  {x['summary'] or ''}".rstrip() for x in r["runs"]]
     if r["comments"]:
         lines += ["", "comments:"] + [f"  [{ago(c['created_at'])} ago] {c['author'] or '?'}: "
                                       + c["body"].rstrip("\n").replace("\n", "\n      ") for c in r["comments"]]
@@ -253,11 +254,69 @@ def fmt_status(r: dict, color: bool) -> str:
     return "\n".join(lines)
 
 
+#: Signal names without importing ``signal`` (and ``enum``) for one column.
+SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL",
+           10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM", 24: "SIGXCPU",
+           25: "SIGXFSZ"}
+#: Lines of a failed run's error (the end of its log) that ``kanban runs`` shows under it.
+ERROR_TAIL_LINES = 5
+
+
+def exit_text(run: dict) -> str:
+    """``0``, ``1``, ``SIGKILL``, or ``-`` when the run has not ended (never ``None``)."""
+    if run.get("exit_code") is not None:
+        return str(run["exit_code"])
+    if run.get("signal"):
+        return SIGNALS.get(run["signal"], f"signal {run['signal']}")
+    return "-"
+
+
+def clock(ts: float | None, now: float | None = None) -> str:
+    """``14:03:07`` for today, ``01-31 14:03`` for another day, ``-`` for none."""
+    if not ts:
+        return "-"
+    lt = time.localtime(ts)
+    if time.strftime("%Y%m%d", lt) == time.strftime("%Y%m%d", time.localtime(now or time.time())):
+        return time.strftime("%H:%M:%S", lt)
+    return time.strftime("%m-%d %H:%M", lt)
+
+
+def elapsed(run: dict, now: float) -> str:
+    """How long the run took, or for a run that has not ended, how long it has run so far (``live``)."""
+    start = run.get("started_at") or run.get("claimed_at")
+    if run.get("ended_at") and start:
+        return dur(max(0.0, run["ended_at"] - start))
+    if run.get("state") != "ended" and start:
+        return f"{dur(max(0.0, now - start))} live"
+    return "-"
+
+
+def error_tail(run: dict) -> list[str]:
+    """The last lines of a run's error (its reason, then the end of its log), separator lines left out."""
+    lines = [ln for ln in (run.get("error") or "").rstrip("\n").split("\n") if ln.strip()]
+    if not lines:
+        return []
+    head, tail = lines[0], [ln for ln in lines[1:] if not ln.startswith("===== run ")]
+    out = [] if head.startswith(("exit code ", "killed by ")) else [head]
+    return out + tail[-ERROR_TAIL_LINES:]
+
+
 def fmt_runs(r: dict, color: bool) -> str:
-    rows = [[x["id"], run_state(x), str(x["exit_code"] if x["exit_code"] is not None else
-                                                       (f"sig{x['signal']}" if x["signal"] else "-")),
-             dur(x["duration"]), x["summary"] or (x["error"] or "").split("\n")[0]] for x in r["runs"]]
-    return table(rows, ["run", "outcome", "exit", "duration", "summary"]) if rows else "no runs"
+    now = time.time()
+    rows, notes = [], []
+    for x in r["runs"]:
+        start = x.get("started_at") or x.get("claimed_at")
+        rows.append([x["id"], clock(start, now), clock(x.get("ended_at"), now), elapsed(x, now),
+                     run_state(x), exit_text(x), x.get("summary") or ""])
+        notes.append(error_tail(x))
+    if not rows:
+        return "no runs"
+    lines = table(rows, ["run", "started", "ended", "elapsed", "outcome", "exit", "summary"]).split("\n")
+    out = lines[:1]
+    for line, note in zip(lines[1:], notes):
+        out.append(line)
+        out += ["    | " + n for n in note]
+    return "\n".join(out)
 
 
 def fmt_plan(r: dict, color: bool) -> str:
@@ -293,6 +352,8 @@ def fmt_event(e: dict) -> str:
 
 def fmt_log(r: dict, tty: bool) -> str:
     """The worker log: exact when piped; on a terminal, control characters escaped (not newline, tab)."""
+    if r.get("missing"):
+        return f"run {escape(r['run'])} is not in the log (rotated away, or it never started)"
     if not r["exists"]:
         return f"no log yet at {escape(r['path'])}"
     text = r["text"].rstrip("\n")

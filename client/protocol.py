@@ -109,6 +109,72 @@ def dumps(obj: object) -> str:
     """Encode compactly for the wire; ``ValueError`` on NaN/Infinity, never invalid JSON."""
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
+# --- times ------------------------------------------------------------------
+
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_since(text: str, now: float) -> float:
+    """A ``--since`` value as Unix time (seconds).
+
+    Accepted forms, as in journalctl: a duration back from ``now`` (``90s``, ``30m``,
+    ``1h30m``, ``2d``, ``1w``), ``today`` or ``yesterday`` (local midnight), a time of
+    day (``14:00``, ``14:00:30``: today), an ISO 8601 date or time (``2025-01-31``,
+    ``2025-01-31T14:00``, ``2025-01-31 14:00:00+02:00``; local time unless it carries an
+    offset), or ``@EPOCH`` seconds.
+
+    Args:
+        text: The value as typed.
+        now: The current Unix time, for durations.
+
+    Returns:
+        The Unix time the value names.
+
+    Raises:
+        ValueError: Not one of those forms; the message says what is accepted.
+    """
+    raw = text.strip()
+    bad = ValueError(f"not a time or duration: {text!r} (use e.g. 1h, 30m, 2d, 14:00, 2025-01-31, "
+                     "2025-01-31T14:00 or @1700000000)")
+    if not raw:
+        raise bad
+    if raw.startswith("@"):
+        try:
+            value = float(raw[1:])
+        except ValueError:
+            raise bad from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad
+        return value
+    total, number, seen = 0.0, "", False
+    for ch in raw.lower():  # a duration: one or more NUMBER UNIT pairs
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in _UNIT_SECONDS and number:
+            try:
+                total += float(number) * _UNIT_SECONDS[ch]
+            except ValueError:
+                raise bad from None
+            number, seen = "", True
+        else:
+            seen = False
+            break
+    else:
+        if seen and not number:
+            return now - total
+    import datetime  # only here: the client must start fast
+    local_midnight = datetime.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    if raw in ("today", "yesterday"):
+        return (local_midnight - datetime.timedelta(days=raw == "yesterday")).timestamp()
+    try:
+        if ":" in raw and "-" not in raw:  # a time of day
+            t = datetime.time.fromisoformat(raw)
+            return datetime.datetime.combine(local_midnight.date(), t).timestamp()
+        return datetime.datetime.fromisoformat(raw).timestamp()
+    except ValueError:
+        raise bad from None
+
+
 # --- error codes -------------------------------------------------------------
 
 PARSE_ERROR = -32700
@@ -308,6 +374,7 @@ _INT32 = {"min": -(1 << 31), "max": (1 << 31) - 1}
 _PID = {"min": 1, "max": (1 << 31) - 1}
 _EVENT_ID = {"min": 0, "max": INT64_MAX}
 LIST_PAGE = 500  # task.list page size when the request gives no limit
+IDS_PAGE = 200  # task.ids answer size when the request gives no limit
 EVENTS_PAGE = 1000  # events.since page size when the request gives no limit
 PAGE_MAX = 10_000  # largest limit accepted by task.list and events.since
 
@@ -324,6 +391,8 @@ _REQUEST_ID = _p("request_id", "str", "client request id: a retry with the same 
 _AT = _p("at", "str", "start at this time: ISO 8601 (2026-12-01T02:00, ...+01:00, ...Z); without an offset, "
          "the daemon's local time (the kanban client adds yours); scheduled until then")
 _IN = _p("in", "str", "start after this delay (45m, 2h, 1d, 1h30m); scheduled until then")
+_SINCE_DOC = ("a duration back from now (90s, 30m, 1h, 2d, 1w), a time (2025-01-31, 2025-01-31T14:00, 14:00 "
+              "today; local time unless it has an offset), or @EPOCH seconds")
 _STATUSES = ("triage", "todo", "ready", "running", "blocked", "review", "scheduled", "done", "archived")
 
 _METHOD_LIST: tuple[Method, ...] = (
@@ -367,9 +436,21 @@ _METHOD_LIST: tuple[Method, ...] = (
             _p("limit", "int", f"page size (default {LIST_PAGE}; a page also stops at about 1 MiB)", short="n",
                min=1, max=PAGE_MAX),
             _p("cursor", "str", "continue after the page that returned this next_cursor"),
+            _p("since", "str", f"only tasks updated (or created) at or after this: {_SINCE_DOC}", max_len=64),
         ),
         result="{tasks: [task], total, next_cursor}: next_cursor is null on the last page, else pass it as "
                "cursor (with the same filters and sort) for the next one", verb="list", aliases=("ls",),
+    ),
+    Method(
+        "task.ids", "Task ids starting with PREFIX, in id order (cheap: for shell completion)",
+        params=(_p("prefix", "str", "only ids starting with this (default: all)", cli="pos*", max_len=64),
+                _p("archived", "bool", "include archived tasks"),
+                _p("limit", "int", f"at most this many (default {IDS_PAGE})", short="n", min=1, max=PAGE_MAX)),
+        result="{ids: [id], more}: more is true when the limit cut the list short",
+    ),
+    Method(
+        "board.names", "Profile and sink names from the config (cheap: for shell completion)",
+        result="{profiles: [name], sinks: [name]}",
     ),
     Method(
         "task.show", "Show a task with its parents, children, comments, runs and recent events",
@@ -445,10 +526,18 @@ _METHOD_LIST: tuple[Method, ...] = (
         writes=True, verb="promote",
     ),
     Method(
-        "task.edit", "Edit a task's title, body or priority",
-        params=(_ID, _p("title", "str", "new title"), _p("body", "str", "new body", short="b", max_len=_BODY),
-                _p("priority", "int", "new priority", short="p", **_INT32)),
-        result="task object", errors=("not_found",), writes=True, verb="edit",
+        "task.edit", "Edit a task's fields in one request (with no field flags, the CLI opens $EDITOR)",
+        params=(_ID, _p("title", "str", "new title"), _p("body", "str", "new body (- reads stdin)", short="b",
+                                                              max_len=_BODY),
+                _p("priority", "int", "new priority", short="p", **_INT32),
+                _p("assignee", "str", "new assignee (empty or null unassigns; a running task's run is ended "
+                   "first, as with assign)", short="a", nullable=True),
+                _p("workspace", "str", "scratch, dir:/abs/path or worktree (not while running)", max_len=4100),
+                _p("max_runtime", "str", "max runtime such as 30m (empty or null: the profile's); from the "
+                   "next run", nullable=True),
+                _p("max_retries", "int", "consecutive failures before giving up (null: the config's)",
+                   nullable=True, min=0, max=1000)),
+        result="task object", errors=("not_found", "illegal_transition"), writes=True, verb="edit",
     ),
     Method(
         "task.heartbeat", "Worker heartbeat: extends the claim on the current run",
@@ -461,9 +550,19 @@ _METHOD_LIST: tuple[Method, ...] = (
         params=(_ID,), result="{runs: [run]}", errors=("not_found",), verb="runs",
     ),
     Method(
-        "task.log", "Show a task's worker log",
-        params=(_ID, _p("tail", "int", "only the last BYTES bytes", min=0)),
-        result="{path, text, size, truncated}", errors=("not_found",), verb="log",
+        "task.log", "Show a task's worker log (-f follows it across rotations and runs)",
+        params=(_ID, _p("tail", "int", "only the last BYTES bytes", min=0),
+                _p("lines", "int", "only the last N lines (reaching into the rotated log if needed)", short="n",
+                   min=0, max=1_000_000),
+                _p("run", "str", "only this run's part of the log, between its separator lines", max_len=64),
+                _p("offset", "int", "follow cursor: bytes already read from the current log", cli="", min=0),
+                _p("rotation", "str", "follow cursor: the rotation token the offset belongs to", cli="",
+                   max_len=128)),
+        result="{path, text, size, truncated, exists, offset, rotation, more, gap, status, live, live_run}: "
+               "with offset, the bytes after the cursor (across a rotation); pass offset and rotation back for "
+               "the next bytes; more means call again at once; status is the task's; live is true while a run "
+               "is not ended, live_run names it",
+        errors=("not_found",), verb="log",
     ),
     Method(
         "board.stats", "Counts per status and per assignee, and the oldest ready age",
@@ -474,7 +573,9 @@ _METHOD_LIST: tuple[Method, ...] = (
         params=(_p("after", "int", "event id to start after (default 0)", cli="pos*", **_EVENT_ID),
                 _p("task", "str", "only this task"),
                 _p("limit", "int", f"page size (default {EVENTS_PAGE}; a page also stops at about 1 MiB)",
-                   short="n", min=1, max=PAGE_MAX)),
+                   short="n", min=1, max=PAGE_MAX),
+                _p("since", "str", f"only events at or after this: {_SINCE_DOC}", max_len=64),
+                _p("kinds", "list", "only these event kinds (repeatable --kind, or comma-separated)")),
         result="{events: [event], last_id, next_cursor}: next_cursor is null on the last page, else pass it "
                "as after for the next one", verb="events",
     ),
@@ -491,7 +592,7 @@ _METHOD_LIST: tuple[Method, ...] = (
     ),
     Method(
         "daemon.status", "Daemon version, pid, uptime, board path, per-role state and board summary",
-        result="{version, pid, uptime, board, roles, summary, board_error}", verb="status",
+        result="{version, protocol, pid, uptime, board, roles, summary, board_error}", verb="status",
     ),
     Method(
         "dispatch.run", "Run one dispatch pass now",

@@ -14,8 +14,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from client.protocol import RPCError
-from daemon import __version__, attachstore
+from client.protocol import PROTOCOL_VERSION, RPCError, parse_since
+from daemon import __version__, attachstore, worklog
 from daemon.board import acceptance, attachments, context, plan, reopen, runs, schedule, subs, tasks
 from daemon.config import parse_duration
 
@@ -71,9 +71,29 @@ def task_create(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return {**task, "created": created}
 
 
+def _since(ctx: Ctx, p: dict[str, Any]) -> None:
+    """Turn ``p["since"]`` (text) into Unix time, or refuse it naming the field."""
+    if p.get("since") is not None:
+        try:
+            p["since"] = parse_since(p["since"], ctx.now)
+        except ValueError as exc:
+            raise RPCError("invalid_params", f"since: {exc}", field="since") from None
+
+
 @handler("task.list")
 def task_list(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    _since(ctx, p)
     return tasks.list_tasks(ctx.db, **p)
+
+
+@handler("task.ids")
+def task_ids(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return tasks.ids(ctx.db, p.get("prefix") or "", bool(p.get("archived")), p.get("limit"))
+
+
+@handler("board.names")
+def board_names(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return {"profiles": sorted(ctx.cfg["profiles"]), "sinks": sorted(ctx.cfg["sinks"])}
 
 
 @handler("task.show")
@@ -159,7 +179,8 @@ def task_promote(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 
 @handler("task.edit")
 def task_edit(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
-    return tasks.edit(ctx.db, ctx.now, p["id"], p.get("title"), p.get("body"), p.get("priority"))
+    fields = {k: v for k, v in p.items() if k != "id" and (v is not None or k in tasks.EDIT_NULLABLE)}
+    return tasks.edit(ctx.db, ctx.now, p["id"], **fields)
 
 
 @handler("task.heartbeat")
@@ -177,21 +198,24 @@ def task_runs(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 
 @handler("task.log")
 def task_log(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
-    tasks.get(ctx.db, p["id"])
-    tail = p.get("tail")
-    if tail is not None and tail < 0:
-        raise RPCError("invalid_params", "tail must not be negative", field="tail")
-    path = os.path.join(ctx.disp.paths["logs"], f"{p['id']}.log")
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            start = max(0, size - tail) if tail is not None else max(0, size - (1 << 20))
-            f.seek(start)
-            data = f.read()
-    except FileNotFoundError:
-        return {"path": path, "text": "", "size": 0, "truncated": False, "exists": False}
-    return {"path": path, "text": data.decode(errors="replace"), "size": size, "truncated": start > 0,
-            "exists": True}
+    row = tasks.get(ctx.db, p["id"])
+    path = worklog.log_path(ctx.disp.paths["logs"], p["id"])
+    if sum(p.get(k) is not None for k in ("tail", "lines", "run")) > 1:
+        raise RPCError("invalid_params", "give at most one of tail, lines and run", field="lines")
+    if p.get("offset") is not None:
+        out = worklog.read_follow(path, p["offset"], p.get("rotation") or "")
+    elif p.get("run") is not None:
+        run = runs.get_run(ctx.db, p["run"])
+        if run["task_id"] != p["id"]:
+            raise RPCError("not_found", f"run {p['run']} is not a run of task {p['id']}", id=p["run"])
+        out = worklog.read_run(path, p["run"])
+        if out is None:
+            out = {**worklog.read_tail(path, tail_bytes=0), "text": "", "missing": True, "run": p["run"]}
+    else:
+        out = worklog.read_tail(path, tail_bytes=p.get("tail"), lines=p.get("lines"))
+    live = ctx.db.execute("SELECT id FROM runs WHERE task_id=? AND state != 'ended' LIMIT 1", (p["id"],)).fetchone()
+    return {"path": path, "more": False, "gap": False, **out, "status": row["status"], "live": live is not None,
+            "live_run": live[0] if live else None}
 
 
 @handler("board.stats")
@@ -201,7 +225,9 @@ def board_stats(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 
 @handler("events.since")
 def events_since(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
-    return tasks.events_since(ctx.db, p.get("after") or 0, p.get("task"), p.get("limit"))
+    _since(ctx, p)
+    return tasks.events_since(ctx.db, p.get("after") or 0, p.get("task"), p.get("limit"), p.get("since"),
+                              p.get("kinds"))
 
 
 @handler("events.follow")
@@ -212,7 +238,8 @@ def events_follow(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 @handler("daemon.status")
 def daemon_status(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     d = ctx.disp
-    return {"version": __version__, "pid": d.supervisor_pid, "dispatcher_pid": os.getpid(),
+    return {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": d.supervisor_pid,
+            "dispatcher_pid": os.getpid(),
             "uptime": ctx.now - d.started_at, "board": d.paths["board"], "socket": d.paths["socket"],
             "state_dir": d.paths["state_dir"], "config": ctx.cfg.get("_file"), "roles": d.role_table(ctx.now),
             "flapping": d.flapping, "reaper_attached": d.reaper is not None, "board_error": d.board_error,
@@ -337,12 +364,23 @@ def run_exiting(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return {"ok": runs.mark_kill(ctx.db, ctx.now, p["run"], p["reason"], emit=False)}
 
 
+def close_log(ctx: Ctx, run_id: str, out: dict[str, Any]) -> None:
+    """Once a run has ended (no process of it is alive), close its part of the task log with a
+    separator line naming its outcome (``daemon/worklog.py``)."""
+    if out.get("duplicate"):
+        return
+    run = runs.get_run(ctx.db, run_id)
+    if run["state"] == "ended":
+        worklog.append_line(worklog.log_path(ctx.disp.paths["logs"], run["task_id"]), worklog.end_line(dict(run)))
+
+
 @handler("run.exited")
 def run_exited(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     run_id = p.pop("run")
     out = runs.exited(ctx.db, ctx.now, ctx.cfg, run_id, **p)
     if out.get("verify"):  # the worker completed and is gone: the reaper runs the verify command now
         out["verify"] = ctx.disp.verify_spec(ctx.db, run_id)
+    close_log(ctx, run_id, out)
     return out
 
 
@@ -352,6 +390,7 @@ def run_verified(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     out = acceptance.verified(ctx.db, ctx.now, ctx.cfg, run_id, **p)
     if out.get("verify"):  # interrupted: run it again
         out["verify"] = ctx.disp.verify_spec(ctx.db, run_id)
+    close_log(ctx, run_id, out)
     return out
 
 

@@ -29,7 +29,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from daemon.board import attachments
 
 from daemon.workspaces import cleanup_workspace, prepare_workspace, strictly_inside  # noqa: F401 (re-exported)
 
-from daemon import fsguard
+from daemon import fsguard, worklog
 
 PLACEHOLDERS = ("task_id", "run_id", "title", "workspace", "config_dir")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -192,18 +191,11 @@ def client_bin(runs_dir: str) -> str:
 
 
 def rotate_if_needed(path: str, max_bytes: int) -> bool:
-    """Copy-truncate rotation to ``PATH.1`` (mode 0600): the worker's O_APPEND fd keeps writing to the same file."""
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        return False
-    if size <= max_bytes:
-        return False
-    with open(path, "rb") as src, os.fdopen(fsguard.open_private(path + ".1", os.O_WRONLY | os.O_CREAT
-                                                                  | os.O_TRUNC), "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    os.truncate(path, 0)
-    return True
+    """Copy-truncate rotation to ``PATH.1`` (mode 0600): the worker's O_APPEND fd keeps writing to the same file.
+
+    See :func:`daemon.worklog.rotate` (atomic for readers, under a ``flock``).
+    """
+    return worklog.rotate(path, max_bytes)
 
 
 def open_log(logs_dir: str, task_id: str, max_bytes: int) -> tuple[int, str]:
@@ -453,6 +445,11 @@ def start(spec: dict[str, Any], paths: dict[str, str], contain: containment.Cont
         raise SpawnError(f"task log: {exc}") from None
     if spec.get("verify"):  # a clear separator: the verify command's output follows it in the task log
         os.write(logfd, f"\n{verify_banner(spec['run'])}{' '.join(argv)} (in {cwd}) =====\n".encode())
+    else:
+        try:  # the separator that opens this run's part of the log (daemon/worklog.py)
+            os.write(logfd, worklog.start_line(spec["run"], spec.get("profile"), time.time()).encode())
+        except OSError:
+            pass
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()

@@ -16,7 +16,7 @@ import secrets
 import sqlite3
 from typing import Any
 
-from client.protocol import EVENTS_PAGE, INT64_MAX, INT64_MIN, LIST_PAGE, RPCError, loads, text_problem
+from client.protocol import EVENTS_PAGE, IDS_PAGE, INT64_MAX, INT64_MIN, LIST_PAGE, RPCError, loads, text_problem
 from daemon.board import transitions
 from daemon.config import parse_duration
 
@@ -470,19 +470,90 @@ def comment(conn: sqlite3.Connection, now: float, task_id: str, body: str, autho
     return {"id": cur.lastrowid, "task_id": task_id, "author": author, "body": body, "created_at": now}
 
 
+#: Fields ``edit`` changes with a plain UPDATE, in the order the event lists them.
+EDIT_FIELDS = ("title", "body", "priority", "assignee", "workspace", "max_runtime", "max_retries")
+#: Fields that may be null (cleared) in an edit.
+EDIT_NULLABLE = frozenset({"assignee", "max_runtime", "max_retries"})
+
+
 def edit(conn: sqlite3.Connection, now: float, task_id: str, title: str | None = None,
-         body: str | None = None, priority: int | None = None) -> dict[str, Any]:
+         body: str | None = None, priority: int | None = None, **more: Any) -> dict[str, Any]:
+    """Change a task's fields in one step; every change is checked before any is applied.
+
+    Args:
+        conn: The board.
+        now: The clock.
+        task_id: The task.
+        title: New title (not empty).
+        body: New body.
+        priority: New priority (open tasks only).
+        **more: ``assignee`` (``None`` or ``""`` unassigns; a running task's run is ended
+            first, as with :func:`assign`), ``workspace`` (a spec as for :func:`create`; not
+            while running), ``max_runtime`` (a duration; ``None`` or ``""`` clears it),
+            ``max_retries`` (at least 1; ``None`` clears it). A key that is present is a
+            change, even when its value is ``None``.
+
+    Returns:
+        The task object.
+
+    Raises:
+        RPCError: ``invalid_params`` for nothing to change or a bad value (naming the
+            field); ``illegal_transition`` when the task's status refuses a field (the verb
+            guards ``edit --priority``, ``assign``, ``edit --workspace``, ...);
+            ``not_found``.
+    """
+    unknown = set(more) - set(EDIT_FIELDS)
+    if unknown:
+        raise TypeError(f"edit() got unknown fields {sorted(unknown)}")
     row = get_for(conn, task_id, "edit")
-    if priority is not None:
-        transitions.check(task_id, row["status"], "edit --priority")
-    changes = {k: v for k, v in (("title", title), ("body", body), ("priority", priority)) if v is not None}
+    changes: dict[str, Any] = {k: v for k, v in (("title", title), ("body", body), ("priority", priority))
+                               if v is not None}
+    changes.update(more)
     if not changes:
-        raise RPCError("invalid_params", "nothing to edit: give --title, --body or --priority", field="title")
-    if "title" in changes and not changes["title"].strip():
+        raise RPCError("invalid_params", "nothing to edit: give --title, --body, --priority, --assignee, "
+                       "--workspace, --max-runtime or --max-retries", field="title")
+    if "title" in changes and not (changes["title"] or "").strip():
         raise RPCError("invalid_params", "title must not be empty", field="title")
-    sets = ", ".join(f"{k}=?" for k in changes)
-    conn.execute(f"UPDATE tasks SET {sets}, updated_at=? WHERE id=?", (*changes.values(), now, task_id))
-    emit(conn, now, "edited", task_id, fields=sorted(changes))
+    for name in changes:
+        if changes[name] is None and name not in EDIT_NULLABLE:
+            raise RPCError("invalid_params", f"{name} cannot be cleared", field=name)
+    cols: dict[str, Any] = {}
+    if "priority" in changes:
+        transitions.check(task_id, row["status"], "edit --priority")
+    if "max_runtime" in changes:
+        transitions.check(task_id, row["status"], "edit --max-runtime")
+        value = changes["max_runtime"]
+        if value in (None, "", "none"):
+            cols["max_runtime"] = None
+        else:
+            try:
+                cols["max_runtime"] = parse_duration(value)
+            except ValueError as exc:
+                raise RPCError("invalid_params", f"max_runtime: {exc}", field="max_runtime") from None
+            if cols["max_runtime"] <= 0:
+                raise RPCError("invalid_params", "max_runtime must be more than 0", field="max_runtime")
+    if "max_retries" in changes:
+        transitions.check(task_id, row["status"], "edit --max-retries")
+        if changes["max_retries"] is not None and changes["max_retries"] < 1:
+            raise RPCError("invalid_params", "max_retries must be at least 1", field="max_retries")
+        cols["max_retries"] = changes["max_retries"]
+    if "workspace" in changes:
+        transitions.check(task_id, row["status"], "edit --workspace")
+        cols["workspace_kind"], cols["workspace_path"] = parse_workspace(changes["workspace"])
+    assignee = changes.pop("assignee", None) or None
+    reassign = "assignee" in more and assignee != row["assignee"]
+    if reassign:
+        transitions.check(task_id, row["status"], "assign")
+    for name in ("title", "body", "priority"):
+        if name in changes:
+            cols[name] = changes[name]
+    if reassign:  # through assign: a running task's run ends first (reassigned, not a failure)
+        assign(conn, now, task_id, assignee, source="edit")
+    if cols:
+        sets = ", ".join(f"{k}=?" for k in cols)
+        conn.execute(f"UPDATE tasks SET {sets}, updated_at=? WHERE id=?", (*cols.values(), now, task_id))
+    fields = [f for f in EDIT_FIELDS if f in changes or (f == "assignee" and reassign)]
+    emit(conn, now, "edited", task_id, fields=sorted(fields))
     return task_dict(conn, task_id)
 
 
@@ -547,7 +618,8 @@ def _after(sort: str, values: list[Any]) -> tuple[str, list[Any]]:
 
 def list_tasks(conn: sqlite3.Connection, status: list[str] | None = None, assignee: str | None = None,
                tenant: str | None = None, archived: bool = False, sort: str | None = None,
-               limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+               limit: int | None = None, cursor: str | None = None, since: float | None = None
+               ) -> dict[str, Any]:
     """One page of tasks, in ``sort`` order.
 
     Args:
@@ -559,6 +631,8 @@ def list_tasks(conn: sqlite3.Connection, status: list[str] | None = None, assign
         sort: ``priority`` (default), ``created``, ``updated`` or ``id``; ties broken by id.
         limit: Page size (default ``LIST_PAGE``); a page also ends past ``PAGE_BYTES`` of text.
         cursor: The ``next_cursor`` of the previous page (same filters and sort).
+        since: Only tasks updated at or after this Unix time (a new task's ``updated_at`` is
+            its creation time, so new tasks are included).
 
     Returns:
         ``{tasks, total, next_cursor}``: ``total`` counts every match (not just this page);
@@ -586,6 +660,9 @@ def list_tasks(conn: sqlite3.Connection, status: list[str] | None = None, assign
     if tenant is not None:
         where.append("tenant=?")
         args.append(tenant)
+    if since is not None:
+        where.append("updated_at>=?")
+        args.append(since)
     if limit is not None and limit < 0:
         raise RPCError("invalid_params", "limit must not be negative", field="limit")
     limit = LIST_PAGE if limit is None else limit
@@ -650,8 +727,26 @@ def event_dict(row: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
+def first_event_at(conn: sqlite3.Connection, since: float) -> int:
+    """The id just before the first event at or after ``since`` (a binary search over ids:
+    events are appended in time order, so it takes a few index lookups even on a long log)."""
+    lo_hi = conn.execute("SELECT min(id), max(id) FROM events").fetchone()
+    if lo_hi[0] is None:
+        return 0
+    lo, hi = lo_hi[0], lo_hi[1] + 1  # the answer lies in [lo, hi]; hi means "none"
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute("SELECT id, at FROM events WHERE id>=? ORDER BY id LIMIT 1", (mid,)).fetchone()
+        if row is None or row[1] >= since:
+            hi = mid
+        else:
+            lo = row[0] + 1
+    return lo - 1
+
+
 def events_since(conn: sqlite3.Connection, after: int = 0, task: str | None = None,
-                 limit: int | None = None) -> dict[str, Any]:
+                 limit: int | None = None, since: float | None = None, kinds: list[str] | None = None
+                 ) -> dict[str, Any]:
     """One page of events with id greater than ``after``, oldest first.
 
     Args:
@@ -659,6 +754,8 @@ def events_since(conn: sqlite3.Connection, after: int = 0, task: str | None = No
         after: Event id to start after.
         task: Only this task's events.
         limit: Page size (default ``EVENTS_PAGE``); a page also ends past ``PAGE_BYTES`` of payload.
+        since: Only events at or after this Unix time.
+        kinds: Only events of these kinds.
 
     Returns:
         ``{events, last_id, next_cursor}``: ``last_id`` is the newest event on the board;
@@ -670,13 +767,20 @@ def events_since(conn: sqlite3.Connection, after: int = 0, task: str | None = No
     if limit is not None and limit < 0:
         raise RPCError("invalid_params", "limit must not be negative", field="limit")
     limit = EVENTS_PAGE if limit is None else limit
+    where, args = ["id>?"], [after]
+    if since is not None:
+        args[0] = max(after, first_event_at(conn, since))
+        where.append("at>=?")
+        args.append(since)
+    if kinds:
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        args += kinds
     if task:
         get(conn, task)
-        rows = conn.execute("SELECT id, task_id, run_id, kind, payload, at FROM events WHERE task_id=? AND id>? "
-                            "ORDER BY id LIMIT ?", (task, after, limit + 1))
-    else:
-        rows = conn.execute("SELECT id, task_id, run_id, kind, payload, at FROM events WHERE id>? ORDER BY id "
-                            "LIMIT ?", (after, limit + 1))
+        where.insert(0, "task_id=?")
+        args.insert(0, task)
+    rows = conn.execute(f"SELECT id, task_id, run_id, kind, payload, at FROM events WHERE {' AND '.join(where)} "
+                        "ORDER BY id LIMIT ?", (*args, limit + 1))
     evs, size, more = [], 0, False
     for row in rows:
         if len(evs) >= limit or (evs and size >= PAGE_BYTES):
@@ -686,3 +790,22 @@ def events_since(conn: sqlite3.Connection, after: int = 0, task: str | None = No
         size += _row_bytes(row)
     last = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
     return {"events": evs, "last_id": last, "next_cursor": evs[-1]["id"] if more and evs else None}
+
+
+def ids(conn: sqlite3.Connection, prefix: str = "", archived: bool = False, limit: int | None = None
+        ) -> dict[str, Any]:
+    """Task ids starting with ``prefix``, in id order: a range scan of the primary key.
+
+    Returns:
+        ``{ids, more}``: ``more`` is true when ``limit`` (default ``IDS_PAGE``) cut the list.
+    """
+    limit = IDS_PAGE if limit is None else limit
+    where, args = ["id>=?"], [prefix]
+    if prefix:
+        where.append("id<?")
+        args.append(prefix + "\U0010ffff")
+    if not archived:
+        where.append("status!='archived'")
+    found = [r[0] for r in conn.execute(f"SELECT id FROM tasks WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                                        (*args, limit + 1))]
+    return {"ids": found[:limit], "more": len(found) > limit}

@@ -41,6 +41,7 @@ GUARDS = {
     "no_open_parents": "every parent is done or archived",
     "open": "the task is open (not done or archived)",
     "not_archived": "the task is not archived",
+    "idle": "the task is open and not running",
 }
 
 #: The statuses each verb guard accepts.
@@ -48,6 +49,7 @@ GUARD_STATUSES: dict[str, frozenset[str]] = {
     "": frozenset(STATUSES),
     "open": OPEN_STATUSES,
     "not_archived": frozenset(STATUSES) - {"archived"},
+    "idle": OPEN_STATUSES - {"running"},
 }
 
 
@@ -65,6 +67,9 @@ VERB_GUARDS: tuple[VerbGuard, ...] = (
     VerbGuard("comment", "task", "", "a note is meaningful on any task, archived ones included"),
     VerbGuard("edit", "task", "", "title and body: a record, correctable on any task"),
     VerbGuard("edit --priority", "task", "open", "priority orders dispatch; a closed task is never dispatched"),
+    VerbGuard("edit --max-runtime", "task", "open", "limits the next run; a closed task never runs again"),
+    VerbGuard("edit --max-retries", "task", "open", "the breaker's limit; a closed task never fails again"),
+    VerbGuard("edit --workspace", "task", "idle", "where the next run works; not under a running worker"),
     VerbGuard("assign", "task", "open", "the assignee runs it next; a closed task never runs again"),
     VerbGuard("link", "child", "open", "a parent holds back only a task that has yet to finish"),
     VerbGuard("link", "parent", "", "a closed parent holds nothing back: the child stays ready"),

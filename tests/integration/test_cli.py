@@ -141,7 +141,7 @@ def test_worker_runs_and_log(d):
     runs = js(d, "runs", t["id"])["runs"]
     assert [r["outcome"] for r in runs] == ["completed"]
     human = d.cli("runs", t["id"]).stdout
-    assert human.splitlines()[0].split() == ["RUN", "OUTCOME", "EXIT", "DURATION", "SUMMARY"]
+    assert human.splitlines()[0].split() == ["RUN", "STARTED", "ENDED", "ELAPSED", "OUTCOME", "EXIT", "SUMMARY"]
     assert runs[0]["id"] in human and "completed" in human and "did it" in human
     assert f"log line from {t['id']}" in d.cli("log", t["id"]).stdout
     assert js(d, "log", t["id"], "--tail", "5")["truncated"] is True
@@ -443,7 +443,9 @@ with open(os.environ["PROBE_OUT"], "w") as f:
 
 
 @pytest.mark.parametrize("argv", [["list"], ["show", "t_0badcafe"], ["create", "--json", "probe"], ["--help"],
-                                  ["list", "--bogus-flag"]])
+                                  ["list", "--bogus-flag"], ["completion", "bash"], ["completion", "--values", "task"],
+                                  ["--version"], ["log", "t_0badcafe", "-f"], ["list", "--since", "1h", "-q"],
+                                  ["runs", "t_0badcafe"]])
 def test_client_imports_no_daemon_code(d, argv, tmp_path):
     out = tmp_path / "mods.json"
     env = d.env({"PROBE_OUT": str(out)})

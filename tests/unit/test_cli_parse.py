@@ -45,6 +45,12 @@ LINES = [
     ["attachments", "t_1"],
     ["detach", "t_1", "spec (2).md"],
     ["gc", "--dry-run", "--older-than", "0s"],
+    ["list", "--since", "1h", "--sort", "updated"],
+    ["events", "--since", "2025-01-31", "--kind", "completed,exited", "--kinds", "claimed"],
+    ["edit", "t_1", "-a", "alice", "--workspace", "worktree", "--max-runtime", "30m", "--max-retries", "3"],
+    ["log", "t_1", "--lines", "20", "--run", "r_1"],
+    ["log", "t_1", "-n", "5"],
+    ["watch", "--kind", "completed"],
 ]
 
 
@@ -52,7 +58,7 @@ LINES = [
 def test_fast_parser_matches_argparse(argv, monkeypatch):
     monkeypatch.delenv("KANBAN_TASK", raising=False)
     monkeypatch.delenv("KANBAN_RUN", raising=False)
-    fast = fastargs.parse(argv, cli.verbs(), cli.FLAG_NAMES, cli.COMMA_LISTS)
+    fast = fastargs.parse(argv, cli.verbs(), cli.FLAG_NAMES, cli.COMMA_LISTS, cli.FLAG_ALIASES)
     assert fast is not None, "the fast path should handle this line"
     slow = cli.build_parser().parse_args(argv)
     assert fast._method == slow._method
@@ -63,7 +69,8 @@ def test_fast_parser_matches_argparse(argv, monkeypatch):
 
 @pytest.mark.parametrize("argv", [["--help"], ["create", "--help"], ["create"], ["show"], ["list", "--bogus"],
                                   ["list", "--limit", "x"], ["nosuchverb"], ["list", "--sort", "sideways"],
-                                  ["show", "a", "b"], []])
+                                  ["show", "a", "b"], [], ["log", "t_1", "--offset", "5"],
+                                  ["log", "t_1", "--rotation", "x"]])
 def test_fast_parser_defers_what_it_does_not_understand(argv):
     assert fastargs.parse(argv, cli.verbs(), cli.FLAG_NAMES, cli.COMMA_LISTS) is None
 
@@ -73,3 +80,22 @@ def test_worker_env_fills_ids_and_run(monkeypatch):
     monkeypatch.setenv("KANBAN_RUN", "r_env")
     ns = fastargs.parse(["complete", "--summary", "x"], cli.verbs(), cli.FLAG_NAMES, cli.COMMA_LISTS)
     assert cli.collect(ns) == {"ids": ["t_env"], "summary": "x", "run": "r_env"}
+
+
+def test_kind_is_an_alias_of_kinds_in_both_parsers():
+    argv = ["events", "--kind", "a,b", "--kinds", "c"]
+    fast = fastargs.parse(argv, cli.verbs(), cli.FLAG_NAMES, cli.COMMA_LISTS, cli.FLAG_ALIASES)
+    assert cli.collect(fast)["kinds"] == ["a", "b", "c"]
+    assert cli.collect(cli.build_parser().parse_args(argv))["kinds"] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("argv,rest,found", [
+    (["list", "-q", "--all", "-s", "ready"], ["list", "-s", "ready"], {"quiet", "all"}),
+    (["--json", "log", "t_1", "-f", "--lines", "5"], ["--json", "log", "t_1", "--lines", "5"], {"follow"}),
+    (["show", "t_1", "--no-pager"], ["show", "t_1"], {"no_pager"}),
+    (["create", "--", "-q"], ["create", "--", "-q"], set()),
+    (["list", "--", "-q"], ["list", "--", "-q"], set()),
+    (["list", "-q", "--help"], ["list", "-q", "--help"], set()),
+])
+def test_cli_only_switches_are_taken_out_before_parsing(argv, rest, found):
+    assert cli.strip_cli_options(argv, cli.pick_verb(argv)) == (rest, found)
