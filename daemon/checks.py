@@ -62,7 +62,8 @@ def repo_problem(repo: str) -> str | None:
     res = subprocess.run(["git", "-C", repo, "rev-parse", "--git-dir"], capture_output=True, text=True,
                          stdin=subprocess.DEVNULL)
     if res.returncode != 0:
-        return f"{repo} is not a git repository ({res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'git failed'})"
+        why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "git failed"
+        return f"{repo} is not a git repository ({why})"
     return None
 
 

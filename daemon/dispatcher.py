@@ -516,8 +516,9 @@ class Dispatcher:
             self._push({"method": "kill", "params": {"run": kill, "reason": reason, "task": ev["task_id"]}})
         ws = payload.get("workspace")
         if kind in ("completed", "archived") and ws and ws.get("kind") in ("scratch", "worktree") and ws.get("path"):
+            repo = self.worktree_repo(ws.get("repo"), ev.get("assignee"))
             self._push({"method": "cleanup", "params": {"task": ev["task_id"], "kind": ws["kind"], "path": ws["path"],
-                                                         "repo": self.worktree_repo(ws.get("repo"), ev.get("assignee"))}})
+                                                         "repo": repo}})
 
     def _push(self, msg: dict[str, Any]) -> None:
         if self.reaper is not None and not self.reaper.closed:

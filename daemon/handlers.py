@@ -203,7 +203,10 @@ def daemon_status(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 
 @handler("dispatch.run")
 def dispatch_run(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
-    return ctx.disp.dispatch_pass(ctx.db, ctx.now, dry_run=bool(p.get("dry_run")))
+    result = ctx.disp.dispatch_pass(ctx.db, ctx.now, dry_run=bool(p.get("dry_run")))
+    if "note" not in result and plan.controls(ctx.db, ctx.cfg)["paused"]:
+        result["note"] = "dispatch is paused; `kanban resume` starts new runs again"
+    return result
 
 
 @handler("dispatch.plan")

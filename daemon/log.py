@@ -134,7 +134,8 @@ class JournalWriter:
     """A structlog logger that sends each record to journald's native socket.
 
     The socket is unconnected and non-blocking, one ``sendto`` per record, so
-    logging never waits for the journal. A record larger than a datagram goes in a sealed memfd passed with ``SCM_RIGHTS`` (an empty payload, as the
+    logging never waits for the journal. A record larger than a datagram goes in
+    a sealed memfd passed with ``SCM_RIGHTS`` (with an empty payload, as the
     protocol asks). A record that cannot be sent at all is written to
     ``fallback`` (stdout, which is the journal's stream) with its priority prefix.
 

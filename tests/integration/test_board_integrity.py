@@ -173,6 +173,13 @@ def test_board_without_an_id_file_is_adopted(make_daemon):
     conn = sqlite3.connect(board_path(d))
     before_meta = next(i for i, m in enumerate(boarddb.MIGRATIONS) if "CREATE TABLE meta" in m)
     conn.execute("DROP TABLE meta")
+    # and undo what later migrations added, so that the board is what that older kanband left
+    # (a migration is applied once: re-running ALTER TABLE ADD COLUMN would fail)
+    assert len(boarddb.MIGRATIONS) == before_meta + 2, "undo the newer migrations here too"
+    conn.execute("DROP TABLE settings")
+    for table, column in (("profile_state", "paused_at"), ("profile_state", "cap_override"),
+                          ("tasks", "workspace_repo"), ("tasks", "workspace_branch")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.execute(f"PRAGMA user_version={before_meta}")
     conn.commit()
     conn.close()

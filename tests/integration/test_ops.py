@@ -46,7 +46,7 @@ def test_pause_and_resume_stop_and_start_new_runs_and_survive_a_restart(make_dae
     ta = d.cli_json("create", "for a", "-a", "a")
     plan = d.cli("plan").stdout
     assert "dispatch is paused (kanban resume)" in plan and "PAUSED" in plan
-    d.cli("dispatch")  # an explicit pass does not start anything either
+    assert "dispatch is paused" in d.cli("dispatch").stdout  # an explicit pass does not start anything either
     assert d.task(ta["id"])["status"] == "ready" and live(d) == 0
     status = d.cli("status").stdout
     assert "dispatch  PAUSED since" in status
