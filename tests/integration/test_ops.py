@@ -366,3 +366,18 @@ def test_watch_ends_on_sigint_even_when_sigint_was_inherited_as_ignored(daemon):
 def test_status_and_plan_json_carry_the_controls(daemon, verb):
     c = daemon.cli_json(verb)["controls"]
     assert c["paused"] is False and c["max_in_progress"] == 8 and c["overridden"] is False
+
+
+def test_a_worker_may_not_reload_the_config_or_pause_dispatch(make_daemon, tmp_path):
+    out = tmp_path / "out"
+    worker = write_script(tmp_path / "w.sh", f"#!/bin/sh\nkanban reload 2>> {out}\necho \"reload $?\" >> {out}\n"
+                                             f"kanban pause 2>> {out}\necho \"pause $?\" >> {out}\n"
+                                             "kanban complete -m done\n")
+    d = make_daemon({"profiles": {"w": {"command": [worker]}}})
+    t = d.cli_json("create", "tries operator verbs", "-a", "w")
+    d.wait_status(t["id"], "done")
+    text = out.read_text()
+    assert "reload 1" in text and "pause 1" in text, text
+    assert text.count("permission_denied") == 2, text
+    st = d.cli_json("status")
+    assert st["reload"] is None and st["controls"]["paused"] is False
