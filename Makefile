@@ -1,5 +1,6 @@
 # kanband: two commands on a fresh machine.
-#   make run   create .venv, install, start the daemon in the foreground (XDG state dir, example profiles)
+#   make run   create .venv, install, start the daemon in the foreground (your real XDG board, example
+#              profiles); extra kanband arguments in ARGS, e.g. ARGS="--state-dir $(mktemp -d) --socket /tmp/k.sock"
 #   make test  create .venv, install, run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -19,8 +20,10 @@ $(STAMP): pyproject.toml
 compile: $(STAMP)
 	@$(BIN)/python -m compileall -q client daemon
 
+ARGS ?=
+
 run: compile
-	$(BIN)/kanband --config examples/config.yaml
+	$(BIN)/kanband --config examples/config.yaml $(ARGS)
 
 # The completion tests load the scripts in real zsh and fish (bash is always there).
 # As root with apt, they are installed; otherwise this prints the one command to run.

@@ -28,7 +28,7 @@ import time
 from client import fastargs, protocol
 from client.formats import FORMATTERS, PagedList, escape, fmt_default, fmt_event, scrub, use_color
 from client.rpc import (CONNECT_RETRY, Client, ConnectError, NotRunning, ServerError, call_retrying,
-                        follow_resuming, new_request_id, retry_for_from_env)
+                        follow_resuming, new_request_id, retry_for_from_env, socket_path)
 
 EXIT_SIGPIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
@@ -38,6 +38,9 @@ FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kind
 FLAG_ALIASES = {"kinds": ("kind",)}
 #: CLI-only verbs that reuse a method with fixed params.
 EXTRA_VERBS = {"tail": ("events.follow", "Stream one task's events (the single-task form of watch)")}
+#: ``kanban boards``: a CLI-only verb that asks every board's daemon, not one method of one daemon.
+BOARDS_HELP = "List the boards on this machine: running or not, and their task counts"
+BOARDS_TIMEOUT = 1.0  # seconds each board's daemon has to answer
 COMMA_LISTS = {"status", "kinds"}
 #: Paged methods: the param that continues a walk, and the result's list.
 PAGED = {"task.list": ("cursor", "tasks"), "events.since": ("after", "events")}
@@ -48,7 +51,7 @@ ALL_HELP = ("fetch every page, printing each as it arrives (with --json: one JSO
 LOCAL_PARAMS = {"attach": (protocol.Param("files", "list", required=True, cli="pos+",
                                           doc="files to attach (read by the client and streamed to the daemon)"),)}
 #: Methods whose answer may take long (gc walks and deletes files): no client-side timeout.
-UNBOUNDED = {"board.gc"}
+UNBOUNDED = {"board.gc", "daemon.reload"}
 #: CLI-only switches, per verb: ``(names, dest, help)``. Never sent to the daemon.
 CLI_OPTIONS: dict[str, tuple[tuple[tuple[str, ...], str, str], ...]] = {
     "list": ((("-q", "--quiet"), "quiet", "print only the task ids, one per line"),),
@@ -156,6 +159,8 @@ def build_parser(only: str | None = None):
     Parser = parser_class()
     parser = Parser(prog="kanban", description="kanban: talk to the kanband task board.")
     parser.add_argument("--socket", help="daemon socket (default: $KANBAN_SOCKET or the XDG runtime dir)")
+    parser.add_argument("--board", metavar="NAME", help="talk to the named board's daemon (kanband --board NAME; "
+                        "default: $KANBAN_BOARD_NAME, else the default board)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     parser.add_argument("--version", action="store_true",
                         help="print the client's and the daemon's versions (warns if their protocols differ)")
@@ -182,6 +187,10 @@ def build_parser(only: str | None = None):
         add_params(sp, method, verb)
         for names, dest, help_text in cli_options(verb):
             sp.add_argument(*names, dest=dest, action="store_true", help=help_text)
+    if only is None or only == "boards":
+        bp = sub.add_parser("boards", help=BOARDS_HELP, description=BOARDS_HELP)
+        bp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON only")
+        bp.set_defaults(_verb="boards")
     return parser
 
 
@@ -268,6 +277,7 @@ def stream(client: Client | None, path: str | None, verb: str, params: dict, as_
     def emit(e: dict) -> None:
         print(json.dumps(e) if as_json else fmt_event(scrub(e)), flush=True)
 
+    restore_sigint()
     try:
         if verb == "tail":  # the task's last 20 events, then live from there (no gap, no repeat)
             show = {"id": params["task"]}
@@ -294,6 +304,90 @@ def stream(client: Client | None, path: str | None, verb: str, params: dict, as_
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def restore_sigint() -> None:
+    """Make Ctrl-C (SIGINT) end a stream even when it was inherited as ignored.
+
+    A shell starts a background job (``make test &``, ``cmd &`` in a script) with SIGINT
+    ignored, and Python then installs no handler of its own, so ``KeyboardInterrupt`` never
+    comes and ``kill -INT`` does nothing. ``watch`` and ``tail`` rely on it to stop cleanly.
+    """
+    import signal
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def boards(as_json: bool) -> int:
+    """``kanban boards``: every board on this machine, and whether its daemon answers.
+
+    Boards are found on disk (the default board's state dir, and ``boards/NAME/`` below it);
+    each one's socket is asked for ``daemon.status`` with a short timeout. The client never
+    opens a board file: counts come only from a daemon that answers.
+    """
+    from client.rpc import board_state_dir, default_socket, state_home
+    found = []
+    home = state_home()
+    if os.path.exists(os.path.join(home, "board.db")) or os.path.exists(os.path.join(home, "board.id")):
+        found.append((None, home))
+    try:
+        names = sorted(n for n in os.listdir(os.path.join(home, "boards")) if not n.startswith("."))
+    except OSError:
+        names = []
+    found += [(n, board_state_dir(n)) for n in names if os.path.isdir(board_state_dir(n))]
+    rows = []
+    for name, state in found:
+        sock = default_socket(name)
+        row = {"name": name or "(default)", "board": name, "state_dir": state, "socket": sock, "running": False,
+               "pid": None, "summary": None, "paused": None, "error": None}
+        try:
+            with Client(sock, retry=0.0, timeout=BOARDS_TIMEOUT) as c:
+                st = c.call("daemon.status")
+            row.update(running=True, pid=st.get("pid"), summary=st.get("summary"),
+                       paused=(st.get("controls") or {}).get("paused"), error=st.get("board_error"))
+        except NotRunning:
+            pass
+        except (ConnectError, ServerError, OSError) as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    if as_json:
+        print(json.dumps({"boards": rows}, separators=(",", ":")))
+        return 0
+    if not rows:
+        print(f"no boards under {home} (start one with `kanband` or `kanband --board NAME`)")
+        return 0
+    from client.formats import table
+    out = []
+    for r in rows:
+        s = r["summary"] or {}
+        state = ("running" + (", paused" if r["paused"] else "")) if r["running"] else "stopped"
+        if r["error"]:
+            state += f" ({r['error']})"
+        counts = (f"{s.get('running', 0)} running, {s.get('ready', 0)} ready, {s.get('blocked', 0)} blocked"
+                  if r["running"] else "-")
+        out.append([r["name"], state, str(r["pid"] or "-"), counts, r["state_dir"]])
+    print(escape(table(out, ["board", "state", "pid", "tasks", "state dir"]), multiline=True))
+    return 0
+
+
+def init_not_running(path: str, board: str | None) -> None:
+    """``kanban init`` with no daemon: what to start, and the profiles its config has (from
+    ``kanband --check-config``, next to this client; the client itself reads no YAML)."""
+    import shutil
+    import subprocess
+    flag = f" --board {board}" if board else ""
+    print(f"kanband is not running (no socket at {path}); start it first:")
+    print(f"  kanband{flag}                       # in the foreground, in this terminal")
+    print(f"  kanband{flag} service install        # or as a systemd user service (then the commands it prints)")
+    exe = os.path.join(os.path.dirname(sys.executable), "kanband")
+    exe = exe if os.access(exe, os.X_OK) else shutil.which("kanband")
+    if exe:
+        res = subprocess.run([exe, *(["--board", board] if board else []), "--check-config"], capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL)
+        line = (res.stdout.strip() or res.stderr.strip()).splitlines()
+        if line:
+            print(f"its config: {line[0].replace('kanband: ', '')}")
+    print("then run `kanban init` again")
 
 
 def resendable(method: protocol.Method, params: dict) -> bool:
@@ -364,7 +458,7 @@ def pick_verb(argv: list[str]) -> str | None:
         if skip:
             skip = False
             continue
-        if a == "--socket":
+        if a in ("--socket", "--board"):
             skip = True
             continue
         if a.startswith("-"):
@@ -505,6 +599,12 @@ def run(argv: list[str]) -> int:
     argv, switches = strip_cli_options(argv, first)
     follow, walk_all = "follow" in switches, "all" in switches
     as_json = wants_json(argv)
+    if first == "boards" and "--help" not in argv and "-h" not in argv:
+        extra = [a for a in argv if a not in ("boards", "--json")]
+        if extra:
+            fail(as_json, "usage_error", f"kanban boards: unexpected {extra[0]!r} (it takes only --json)")
+            return 2
+        return boards(as_json)
     try:
         ns = fastargs.parse(argv, verbs(), FLAG_NAMES, COMMA_LISTS, FLAG_ALIASES)
         if ns is None:
@@ -520,6 +620,12 @@ def run(argv: list[str]) -> int:
                 raise UsageError(f"kanban {ns._verb}: --since: {exc}") from None
         if params.get("body") == "-" and ns._method in ("task.create", "task.edit"):
             params["body"] = sys.stdin.read()
+        try:
+            path = socket_path(ns.socket, getattr(ns, "board", None))
+        except ValueError as exc:
+            raise UsageError(f"kanban: {exc}") from None
+        if params.get("repo"):  # the daemon runs elsewhere: a relative --repo means from here
+            params["repo"] = os.path.abspath(params["repo"])
     except UsageError as exc:
         fail(as_json, "usage_error", str(exc))
         return 2
@@ -545,25 +651,27 @@ def run(argv: list[str]) -> int:
             from client import logs
             return logs.follow(ns.socket, params, as_json, retry_for_from_env())
         if method.stream:
-            return stream(None if worker else Client(ns.socket), ns.socket, ns._verb, params, as_json, retry_for,
+            return stream(None if worker else Client(path), path, ns._verb, params, as_json, retry_for,
                           follow=follow)
         if walk_all:
-            with Client(ns.socket) as client:
+            with Client(path) as client:
                 return walk(client, ns._method, params, as_json, quiet="quiet" in switches)
         if ns._verb == "attach":
             from client import attach
             try:
-                result = attach.send(params, ns.socket, worker, retry_for)
+                result = attach.send(params, path, worker, retry_for)
             except attach.FileError as exc:
                 print(f"kanban attach: {exc}", file=sys.stderr)
                 return 2
         elif worker:
-            result = call_retrying(ns._method, params, ns.socket, retry_for=retry_for,
+            result = call_retrying(ns._method, params, path, retry_for=retry_for,
                                    resend=resendable(method, params))
         else:
-            with Client(ns.socket, timeout=None if ns._method in UNBOUNDED else 30.0) as client:
+            with Client(path, timeout=None if ns._method in UNBOUNDED else 30.0) as client:
                 result = client.call(ns._method, params)
     except ConnectError as exc:  # not running, an untrusted server, a socket path too long
+        if ns._verb == "init" and isinstance(exc, NotRunning) and not as_json:
+            init_not_running(path, getattr(ns, "board", None))
         fail(as_json, "not_running" if isinstance(exc, NotRunning) else "connect_refused", str(exc),
              line=f"kanban: {exc}")
         return 1
@@ -578,6 +686,10 @@ def run(argv: list[str]) -> int:
     except OSError as exc:
         fail(as_json, "connection_failed", f"connection to kanband failed: {exc}",
              line=f"kanban: connection to kanband failed: {exc}")
+        return 1
+    refused = ns._method == "daemon.reload" and isinstance(result, dict) and result.get("result") == "refused"
+    if refused and not as_json:  # the daemon answered, but kept its old config: an error line, exit 1
+        fail(False, "reload_refused", f"kanban: {FORMATTERS['reload'](scrub(result), False)}")
         return 1
     if as_json:
         print(json.dumps(result, indent=None, separators=(",", ":")))
@@ -595,7 +707,7 @@ def run(argv: list[str]) -> int:
     hint = more_hint(ns._verb, ns._method, result)
     if hint:
         print(hint, file=sys.stderr)
-    return 0
+    return 1 if refused else 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import types
 
 from client import protocol
 
-GLOBAL_FLAGS = {"--json": "json", "--socket": "socket"}
+GLOBAL_FLAGS = {"--json": "json", "--socket": "socket", "--board": "board"}
 
 
 def parse(argv: list[str], verbs: dict, flag_names: dict, comma_lists: set, aliases: dict | None = None
@@ -25,18 +25,19 @@ def parse(argv: list[str], verbs: dict, flag_names: dict, comma_lists: set, alia
 
     ``aliases`` maps a param name to extra flag names (without ``--``) that mean the same.
     """
-    ns = types.SimpleNamespace(json=False, socket=None, none=False)
+    ns = types.SimpleNamespace(json=False, socket=None, board=None, none=False)
     rest = list(argv)
     words: list[str] = []
     while rest:  # global options, then the verb (one or two words)
         tok = rest[0]
         if tok == "--json":
             ns.json = True
-        elif tok == "--socket" and len(rest) > 1:
-            ns.socket = rest[1]
+        elif tok in ("--socket", "--board") and len(rest) > 1:
+            setattr(ns, GLOBAL_FLAGS[tok], rest[1])
             rest.pop(0)
-        elif tok.startswith("--socket="):
-            ns.socket = tok.split("=", 1)[1]
+        elif tok.startswith(("--socket=", "--board=")):
+            name, _, value = tok.partition("=")
+            setattr(ns, GLOBAL_FLAGS[name], value)
         elif tok.startswith("-"):
             return None
         else:

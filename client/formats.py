@@ -184,7 +184,10 @@ def fmt_show(r: dict, color: bool) -> str:
     for key in ("assignee", "priority", "tenant", "created_by", "summary", "result", "block_reason"):
         if t.get(key) not in (None, ""):
             lines.append(f"  {key + ':':<14}{t[key]}")
-    lines.append(f"  {'workspace:':<14}{t['workspace']['kind']}{' ' + t['workspace']['path'] if t['workspace']['path'] else ''}")
+    ws = t["workspace"]
+    lines.append(f"  {'workspace:':<14}{ws['kind']}{' ' + ws['path'] if ws['path'] else ''}"
+                 + (f"  repo {ws['repo']}" if ws.get("repo") else "") + (f"  branch {ws['branch']}" if ws.get("branch")
+                                                                       else ""))
     if t.get("due_at"):
         lines.append(f"  {'due:':<14}{until(t['due_at'])} ({local(t['due_at'])})")
     if t.get("parent_reopened"):
@@ -232,10 +235,54 @@ def fmt_stats(r: dict, color: bool) -> str:
     return out
 
 
+def clock_ago(ts: float | None) -> str:
+    """``HH:MM:SS (3m ago)`` in local time, or ``-``."""
+    if not ts:
+        return "-"
+    return f"{time.strftime('%H:%M:%S', time.localtime(ts))} ({ago(ts)} ago)"
+
+
+def runs_n(n: int) -> str:
+    return f"{n} live run" + ("" if n == 1 else "s")
+
+
+def fmt_controls(c: dict | None, profiles_too: bool = True) -> list[str]:
+    """Lines for the operator controls (``kanban pause/resume/parallel``) of a ``controls`` object."""
+    if not c:
+        return []
+    lines = ["dispatch  " + (f"PAUSED since {clock_ago(c['paused_at'])}; `kanban resume` starts new runs again"
+                             if c["paused"] else "running")]
+    cap = f"at most {runs_n(c['max_in_progress'])}"
+    lines.append("parallel  " + cap + (f" (set by kanban parallel; the config says {c['config_max_in_progress']})"
+                                       if c["overridden"] else ""))
+    if profiles_too:
+        for name, pc in sorted(c["profiles"].items()):
+            if not (pc["paused"] or pc["overridden"]):
+                continue
+            bits = [f"paused since {clock_ago(pc['paused_at'])}"] if pc["paused"] else []
+            if pc["overridden"]:
+                conf = pc["config_max_in_progress"]
+                bits.append(f"at most {runs_n(pc['max_in_progress'])} (set by kanban parallel; the config says "
+                            f"{conf if conf is not None else 'no cap'})")
+            if not pc.get("configured", True):
+                bits.append("not in the config any more")
+            lines.append(f"  profile {name}: " + "; ".join(bits))
+    return lines
+
+
+def fmt_reload_line(rl: dict | None) -> str | None:
+    if not rl:
+        return None
+    if rl["result"] == "applied":
+        return f"reload    applied {clock_ago(rl['at'])} from {rl['file']}"
+    return f"reload    REFUSED {clock_ago(rl['at'])}: {rl['error']} (the previous config stays in force)"
+
+
 def fmt_status(r: dict, color: bool) -> str:
     s = r["summary"]
+    board = r["board"] + (f"  (board {r['board_name']})" if r.get("board_name") else "")
     lines = [f"kanband {r['version']}  pid {r['pid']}  up {dur(r['uptime'])}",
-             f"board   {r['board']}", f"socket  {r['socket']}", f"config  {r['config'] or '(defaults)'}", ""]
+             f"board   {board}", f"socket  {r['socket']}", f"config  {r['config'] or '(defaults)'}", ""]
     rows = [[x["name"], str(x.get("pid") or "-"), x.get("state", "?"), str(x.get("restarts", 0)),
              (dur(x["heartbeat_age"]) + " ago") if x.get("heartbeat_age") is not None else "-"]
             for x in r["roles"]]
@@ -250,6 +297,10 @@ def fmt_status(r: dict, color: bool) -> str:
         lines.append("live runs: " + ", ".join(f"{n} {st}" for st, n in live.items()))
     if r.get("board_error"):
         lines.append(f"BOARD DAMAGED: {r['board_error']}")
+    lines += fmt_controls(r.get("controls"))
+    reload_line = fmt_reload_line(r.get("reload"))
+    if reload_line:
+        lines.append(reload_line)
     lines += ["", ", ".join(f"{n} {k}" for k, n in s.items() if n) or "board is empty"]
     return "\n".join(lines)
 
@@ -301,6 +352,29 @@ def error_tail(run: dict) -> list[str]:
     return out + tail[-ERROR_TAIL_LINES:]
 
 
+def fmt_reload(r: dict, color: bool) -> str:
+    if r["result"] == "applied":
+        return f"config reloaded from {r['file']}"
+    return f"config reload refused: {r['error']} (the previous config stays in force)"
+
+
+def fmt_init(r: dict, color: bool) -> str:
+    """``kanban init``: where things live, the profiles found, and what to do next."""
+    lines = [f"board   {r['board']}", f"socket  {r['socket']}", f"config  {r['config'] or '(none: defaults)'}"]
+    profiles = r.get("profiles") or []
+    if profiles:
+        lines.append("profiles " + ", ".join(profiles))
+        lines += ["", "next: file a task for one of them, and watch it run:",
+                  f"  kanban create 'my first task' -a {profiles[0]}", "  kanban watch"]
+    else:
+        where = r["config"] or "~/.config/kanban/config.yaml"
+        lines += ["profiles (none)", "", f"next: add a profile to {where} (see examples/config.yaml), then "
+                  "`kanban reload`"]
+    if not r.get("under_systemd"):
+        lines += ["", "to keep kanband running after you log out: kanband service install"]
+    return "\n".join(lines)
+
+
 def fmt_runs(r: dict, color: bool) -> str:
     now = time.time()
     rows, notes = [], []
@@ -322,6 +396,9 @@ def fmt_runs(r: dict, color: bool) -> str:
 def fmt_plan(r: dict, color: bool) -> str:
     rows = [[x["task"], x["decision"], x["assignee"] or "-", x["reason"]] for x in r["plan"]]
     out = table(rows, ["task", "decision", "assignee", "reason"]) if rows else "no ready tasks"
+    c = r.get("controls")
+    if c and (c["paused"] or c["overridden"] or any(p["paused"] or p["overridden"] for p in c["profiles"].values())):
+        out = "\n".join(fmt_controls(c)) + "\n\n" + out
     for x in r.get("exiting") or []:
         out += f"\nrun {x['run']} of {x['task']} is still exiting ({x['reason']}): its slot is taken until no " \
                "process of it is alive"
@@ -514,6 +591,8 @@ FORMATTERS = {
     "notify unsubscribe": lambda r, c: "removed " + ", ".join(r["removed"]),
     "notify resume": lambda r, c: f"resumed {r['name']}" + ("" if r.get("was_paused") else " (it was not paused)")
                                   + f"; {r['lag']} events behind the end of the log",
+    "pause": lambda r, c: "\n".join(fmt_controls(r)), "resume": lambda r, c: "\n".join(fmt_controls(r)),
+    "parallel": lambda r, c: "\n".join(fmt_controls(r)), "reload": fmt_reload, "init": fmt_init,
     "list": fmt_list, "ls": fmt_list, "show": fmt_show, "stats": fmt_stats, "status": fmt_status,
     "runs": fmt_runs, "plan": fmt_plan, "dispatch": fmt_dispatch, "complete": fmt_tasks, "block": fmt_tasks,
     "unblock": fmt_tasks, "archive": fmt_tasks, "reopen": fmt_reopen, "retry": fmt_reopen, "kill": fmt_tasks,

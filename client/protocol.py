@@ -393,12 +393,15 @@ _AT = _p("at", "str", "start at this time: ISO 8601 (2026-12-01T02:00, ...+01:00
 _IN = _p("in", "str", "start after this delay (45m, 2h, 1d, 1h30m); scheduled until then")
 _SINCE_DOC = ("a duration back from now (90s, 30m, 1h, 2d, 1w), a time (2025-01-31, 2025-01-31T14:00, 14:00 "
               "today; local time unless it has an offset), or @EPOCH seconds")
+_CONTROLS = ("{paused, paused_at, max_in_progress, config_max_in_progress, overridden, profiles: {name: {paused, "
+             "paused_at, max_in_progress, config_max_in_progress, overridden, configured}}}")
 _STATUSES = ("triage", "todo", "ready", "running", "blocked", "review", "scheduled", "done", "archived")
 
 _METHOD_LIST: tuple[Method, ...] = (
     Method(
         "board.init", "Make sure the board exists and report where everything lives",
-        result="{board, state_dir, socket, config, created}", verb="init", writes=True,
+        result="{board, state_dir, socket, config, profiles, sinks, stats, board_name, under_systemd}", verb="init",
+        writes=True,
     ),
     Method(
         "task.create", "Create a task; it starts ready, or todo while a parent is open",
@@ -422,6 +425,10 @@ _METHOD_LIST: tuple[Method, ...] = (
             _p("verify_turns", "int", "rejected runs in a row before the task is blocked (default: the "
                "profile's verify.max_turns, else 3)"),
             _p("review", "bool", "completed (and verified) work waits in review for kanban approve"),
+            _p("repo", "str", "git repository for this task's worktree (absolute; implies --workspace worktree)",
+               max_len=4096),
+            _p("branch", "str", "pin the worktree's branch (checked out if it exists, else made at HEAD; "
+               "default wt/<task id>)", max_len=255),
         ),
         result="task object", errors=("not_found", "conflict"), writes=True, verb="create",
     ),
@@ -591,8 +598,11 @@ _METHOD_LIST: tuple[Method, ...] = (
         stream=True, verb="watch",
     ),
     Method(
-        "daemon.status", "Daemon version, pid, uptime, board path, per-role state and board summary",
-        result="{version, protocol, pid, uptime, board, roles, summary, board_error}", verb="status",
+        "daemon.status", "Daemon version, pid, uptime, board path, per-role state, board summary, dispatch "
+        "controls (pauses, caps) and the last config reload",
+        result="{version, protocol, pid, uptime, board, board_name, roles, summary, board_error, containment, runs, "
+               "controls, reload}",
+        verb="status",
     ),
     Method(
         "dispatch.run", "Run one dispatch pass now",
@@ -601,7 +611,33 @@ _METHOD_LIST: tuple[Method, ...] = (
     ),
     Method(
         "dispatch.plan", "Explain, for every ready task, why it is or is not starting",
-        result="{plan: [{task, title, assignee, decision, reason}]}", verb="plan",
+        result="{plan: [{task, title, assignee, decision, reason}], controls, reaper_attached, exiting}",
+        verb="plan",
+    ),
+    Method(
+        "dispatch.pause", "Stop starting new runs, everywhere or for these profiles; live runs go on. Kept "
+        "across restarts",
+        params=(_p("profiles", "list", "profiles to pause (none: all dispatch)", cli="pos*"),),
+        result=_CONTROLS, errors=("not_found",), writes=True, verb="pause",
+    ),
+    Method(
+        "dispatch.resume", "Start new runs again: undo the global pause, or these profiles' own pauses",
+        params=(_p("profiles", "list", "profiles to resume (none: the global pause)", cli="pos*"),),
+        result=_CONTROLS, errors=("not_found",), writes=True, verb="resume",
+    ),
+    Method(
+        "dispatch.parallel", "Change how many runs may be live at once, globally or for one profile; kept "
+        "across restarts, overriding the config until --reset",
+        params=(_p("limit", "int", "live runs at most", cli="pos*", min=0, max=1_000_000),
+                _p("profile", "str", "change this profile's cap instead of the global one"),
+                _p("reset", "bool", "drop the override: the config's cap is in force again")),
+        result=_CONTROLS, errors=("not_found",), writes=True, verb="parallel",
+    ),
+    Method(
+        "daemon.reload", "Re-read the config file, as SIGHUP does; answers whether it was applied or refused, "
+        "and why",
+        result="{seq, at, result: applied|refused, error, file, origin}", errors=("unavailable", "permission_denied"),
+        verb="reload",
     ),
     Method(
         "notify.subscribe", "Subscribe a sink to a task's events, or to a filter",

@@ -98,16 +98,70 @@ class ServerError(Exception):
         self.name = (error.get("data") or {}).get("name", "error")
 
 
-def default_socket() -> str:
-    """``$XDG_RUNTIME_DIR/kanban/kanband.sock``, or ``/tmp/kanban-<uid>/kanband.sock`` without a runtime dir."""
+#: Longest board name (``kanband --board NAME``); it becomes a directory and a socket file name.
+BOARD_NAME_MAX = 64
+_BOARD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def board_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a board, or ``None``: letters, digits, ``_ . -``, not starting
+    with ``.`` or ``-``, at most ``BOARD_NAME_MAX`` characters (no ``re``: the client starts fast)."""
+    if not name:
+        return "a board name cannot be empty"
+    if len(name) > BOARD_NAME_MAX:
+        return f"board name {name[:BOARD_NAME_MAX]}... is longer than {BOARD_NAME_MAX} characters"
+    if name[0] in ".-" or not set(name) <= _BOARD_CHARS:
+        return (f"board name {name!r} may use letters, digits, '_', '.' and '-', and may not start with "
+                "'.' or '-'")
+    return None
+
+
+def runtime_dir() -> str:
+    """Where sockets live: ``$XDG_RUNTIME_DIR/kanban``, or ``/tmp/kanban-<uid>`` without a runtime dir."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime):
-        return os.path.join(runtime, "kanban", "kanband.sock")
-    return f"/tmp/kanban-{os.getuid()}/kanband.sock"
+        return os.path.join(runtime, "kanban")
+    return f"/tmp/kanban-{os.getuid()}"
 
 
-def socket_path(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("KANBAN_SOCKET") or default_socket()
+def state_home() -> str:
+    """``$XDG_STATE_HOME/kanban`` (``~/.local/state/kanban``): the default board's state dir."""
+    base = os.environ.get("XDG_STATE_HOME")
+    if not (base and os.path.isabs(base)):
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "kanban")
+
+
+def board_state_dir(name: str) -> str:
+    """A named board's state dir: ``$XDG_STATE_HOME/kanban/boards/NAME``."""
+    return os.path.join(state_home(), "boards", name)
+
+
+def default_socket(board: str | None = None) -> str:
+    """``$XDG_RUNTIME_DIR/kanban/kanband.sock`` (``NAME.sock`` for a named board), or the same
+    names under ``/tmp/kanban-<uid>/`` without a runtime dir."""
+    return os.path.join(runtime_dir(), f"{board}.sock" if board else "kanband.sock")
+
+
+def socket_path(explicit: str | None = None, board: str | None = None) -> str:
+    """The socket to talk to: ``--socket``, then ``--board NAME``, then ``$KANBAN_SOCKET`` (set in
+    every worker, so a worker always talks to its own board), then ``$KANBAN_BOARD_NAME``, then the
+    default board's socket.
+
+    Raises:
+        ValueError: ``board`` or ``$KANBAN_BOARD_NAME`` is not a valid board name.
+    """
+    if explicit:
+        return explicit
+    if board is None and not os.environ.get("KANBAN_SOCKET"):
+        board = os.environ.get("KANBAN_BOARD_NAME") or None
+    elif board is None:
+        return os.environ["KANBAN_SOCKET"]
+    if board is not None:
+        bad = board_name_problem(board)
+        if bad:
+            raise ValueError(bad)
+    return default_socket(board)
 
 
 class Client:

@@ -45,6 +45,8 @@ PROFILE: dict[str, Field] = {
                              "dispatch.max_in_progress)", nullable=True),
     "max_runtime": Field("duration", None, "kill a run after this long (TERM, then KILL)", nullable=True),
     "workspace": Field("str", None, "default workspace kind for this profile's tasks", nullable=True),
+    "repo": Field("str", None, "git repository for this profile's worktree workspaces (default: "
+                  "workspaces.repo; a task's --repo comes first)", nullable=True),
     "role": Field("choice", "worker", "worker: a run acts only on its own task (and creates tasks and links "
                   "under it); orchestrator: its runs may act on the whole board", choices=("worker", "orchestrator")),
     "verify": Field("dict", None, "acceptance check run when a worker completes: {command: [argv], timeout: "
@@ -349,6 +351,8 @@ def _check_entry(kind: str, item: dict[str, Any], where: str) -> None:
         item["env"] = {k: str(v) for k, v in item["env"].items()}
         if item["verify"] is not None:
             item["verify"] = _check_verify(item["verify"], f"{where}.verify")
+        if item["repo"]:
+            item["repo"] = os.path.expanduser(item["repo"])
     elif kind == "sinks":
         if item["type"] is None:
             raise ConfigError(f"{where}.type: required (command, webhook or desktop)")
@@ -448,6 +452,8 @@ def load(path: str | os.PathLike | None) -> dict[str, Any]:
                 raise ConfigError(f"{path}: {section}.{key}: unknown key (known: {', '.join(SCHEMA[section])})")
             cfg[section][key] = _convert(SCHEMA[section][key], v, f"{path}: {section}.{key}")
             cfg["_set"].add(f"{section}.{key}")
+    if cfg["workspaces"]["repo"]:
+        cfg["workspaces"]["repo"] = os.path.expanduser(cfg["workspaces"]["repo"])
     sup = cfg["supervisor"]
     if sup["heartbeat_stale"] <= sup["heartbeat_interval"]:
         raise ConfigError(f"{path}: supervisor.heartbeat_stale: must be longer than supervisor.heartbeat_interval "

@@ -54,6 +54,13 @@ WAKE_KINDS = frozenset({"created", "completed", "unblocked", "promoted", "archiv
 REVIEW_METHODS = frozenset({"task.approve", "task.request_changes"})
 
 
+class Deferred:
+    """A handler's result that is sent later (``daemon.reload``: once the supervisor answers)."""
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+
+
 class Dispatcher:
     """State of the dispatcher role; :meth:`loop` drives it."""
 
@@ -83,6 +90,9 @@ class Dispatcher:
         self.contain = containment.from_paths(self.paths)
         self.role_pids: set[int] = {self.supervisor_pid}
         self.uploads = attachstore.Uploads(attachments.root(self.paths["state_dir"]))  # attach.* in progress
+        self.last_reload: dict[str, Any] | None = None  # the supervisor's last reload result
+        self.reload_waiters: dict[int, list[tuple[ipc.Connection, Any]]] = {}  # token -> (conn, request id)
+        self.reload_tokens = 0
         self.on_channel(roles.early_messages(ctx))
         try:
             self.db = integrity.open_existing(self.paths["board"], self.paths["board_id"])
@@ -112,7 +122,13 @@ class Dispatcher:
                 self.server.cfg = self.cfg
                 self.dispatch_needed = True
                 log.info("config.applied", file=self.cfg.get("_file"))
+            elif msg["t"] == "reloaded":
+                self.last_reload = msg["reload"]
+                for conn, rid in self.reload_waiters.pop(msg["req"], []):
+                    if not conn.closed:
+                        self.server.send(conn, {"jsonrpc": "2.0", "id": rid, "result": msg["reload"]})
             elif msg["t"] == "roles":
+                self.last_reload = msg.get("reload", self.last_reload)
                 self.roles_snapshot = msg["roles"]
                 self.flapping = msg.get("flapping", [])
                 self.role_pids = {self.supervisor_pid} | {r["pid"] for r in msg["roles"].values() if r.get("pid")}
@@ -159,6 +175,27 @@ class Dispatcher:
             self.summary = {k: counts.get(k, 0) for k in ("running", "ready", "blocked", "todo")}
         roles.send(self.ctx.channel, {"t": "hb", "summary": self.summary, "reaper": self.reaper is not None})
 
+    def request_reload(self) -> Deferred:
+        """Ask the supervisor to reload the config (over our channel); the answer follows as ``reloaded``.
+
+        Raises:
+            RPCError: ``unavailable`` while the daemon is stopping.
+        """
+        if self.stopping:
+            raise RPCError("unavailable", "daemon.reload: kanband is stopping")
+        self.reload_tokens += 1
+        roles.send(self.ctx.channel, {"t": "reload", "req": self.reload_tokens})
+        return Deferred(self.reload_tokens)
+
+    def deferred(self, r: ipc.Request, resp: dict[str, Any]) -> bool:
+        """Whether ``resp`` is answered later; if so, remember who waits for it."""
+        result = resp.get("result")
+        if not isinstance(result, Deferred):
+            return False
+        if not r.notify:
+            self.reload_waiters.setdefault(result.token, []).append((r.conn, r.id))
+        return True
+
     # ---- serving ---------------------------------------------------------
 
     def serve_damaged(self, reqs: list[ipc.Request]) -> None:
@@ -170,6 +207,8 @@ class Dispatcher:
                 resp = self.unavailable(r)
             else:
                 resp = self._call(r, now, savepoint=False)
+                if self.deferred(r, resp):
+                    continue
             if not r.notify:
                 self.server.send(r.conn, resp)
 
@@ -201,6 +240,8 @@ class Dispatcher:
             # several writes: a savepoint each, so one failure leaves the others; a lone write
             # needs none (its failure rolls back the whole transaction)
             resp = self._call(r, now, savepoint=in_tx and n_writes > 1)
+            if self.deferred(r, resp):
+                continue
             if in_tx and n_writes == 1 and "error" in resp and METHODS.get(r.method) and METHODS[r.method].writes:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
@@ -503,8 +544,9 @@ class Dispatcher:
             self._push({"method": "kill", "params": {"run": kill, "reason": reason, "task": ev["task_id"]}})
         ws = payload.get("workspace")
         if kind in ("completed", "archived") and ws and ws.get("kind") in ("scratch", "worktree") and ws.get("path"):
-            self._push({"method": "cleanup", "params": {"task": ev["task_id"], "kind": ws["kind"],
-                                                         "path": ws["path"]}})
+            repo = self.worktree_repo(ws.get("repo"), ev.get("assignee"))
+            self._push({"method": "cleanup", "params": {"task": ev["task_id"], "kind": ws["kind"], "path": ws["path"],
+                                                         "repo": repo}})
 
     def _push(self, msg: dict[str, Any]) -> None:
         if self.reaper is not None and not self.reaper.closed:
@@ -555,6 +597,10 @@ class Dispatcher:
         for spec in spawns:
             self._push({"method": "spawn", "params": spec})
 
+    def worktree_repo(self, task_repo: str | None, profile: str | None) -> str | None:
+        """A worktree's repository: the task's ``--repo``, else its profile's ``repo``, else ``workspaces.repo``."""
+        return task_repo or self.cfg["profiles"].get(profile or "", {}).get("repo") or self.cfg["workspaces"]["repo"]
+
     def workspace_path(self, task_id: str, kind: str, path: str | None) -> str | None:
         if kind == "dir":
             return path
@@ -601,8 +647,9 @@ class Dispatcher:
             prof = self.cfg["profiles"][c["profile"]]
             spec = {"run": run["id"], "task": c["id"], "title": t["title"], "profile": c["profile"],
                     "command": prof["command"], "env": env,
-                    "workspace": {"kind": t["workspace_kind"], "path": ws, "repo": self.cfg["workspaces"]["repo"],
-                                  "root": self.paths["workspaces"]},
+                    "workspace": {"kind": t["workspace_kind"], "path": ws, "root": self.paths["workspaces"],
+                                  "repo": self.worktree_repo(t["workspace_repo"], c["profile"]),
+                                  "branch": t["workspace_branch"]},
                     "log_max": self.cfg["logs"]["worker_log_max"], "config_dir": self.cfg["_dir"],
                     **self._spawn_extras(db, c["id"], c["profile"])}
             self.pending_spawns.append(spec)

@@ -52,7 +52,8 @@ def board_init(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return {"board": ctx.disp.paths["board"], "state_dir": ctx.disp.paths["state_dir"],
             "socket": ctx.disp.paths["socket"], "config": ctx.cfg.get("_file"),
             "profiles": sorted(ctx.cfg["profiles"]), "sinks": sorted(ctx.cfg["sinks"]),
-            "stats": tasks.stats(ctx.db, ctx.now)}
+            "stats": tasks.stats(ctx.db, ctx.now), "board_name": ctx.disp.paths.get("board_name") or None,
+            "under_systemd": bool(os.environ.get("INVOCATION_ID"))}
 
 
 @handler("task.create")
@@ -61,7 +62,8 @@ def task_create(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     for sink in notify:
         if sink not in ctx.cfg["sinks"]:
             raise RPCError("not_found", f"no sink {sink!r} in the config", field="notify", id=sink)
-    if p.get("workspace") is None and p.get("assignee") in ctx.cfg["profiles"]:
+    if p.get("workspace") is None and not (p.get("repo") or p.get("branch")) \
+            and p.get("assignee") in ctx.cfg["profiles"]:
         p["workspace"] = ctx.cfg["profiles"][p["assignee"]]["workspace"]
     p["due_at"] = schedule.due_time(ctx.now, p.pop("at", None), p.pop("in", None))
     task, created = tasks.create(ctx.db, ctx.now, default_workspace=ctx.cfg["workspaces"]["default"], **p)
@@ -246,12 +248,17 @@ def daemon_status(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
             "containment": d.contain.describe(),
             "runs": {} if d.board_error else {st: n for st, n in ctx.db.execute(
                 "SELECT state, count(*) FROM runs WHERE state != 'ended' GROUP BY state")},
-            "summary": {} if d.board_error else tasks.stats(ctx.db, ctx.now)["by_status"]}
+            "summary": {} if d.board_error else tasks.stats(ctx.db, ctx.now)["by_status"],
+            "controls": None if d.board_error else plan.controls(ctx.db, ctx.cfg), "reload": d.last_reload,
+            "board_name": d.paths.get("board_name") or None}
 
 
 @handler("dispatch.run")
 def dispatch_run(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
-    return ctx.disp.dispatch_pass(ctx.db, ctx.now, dry_run=bool(p.get("dry_run")))
+    result = ctx.disp.dispatch_pass(ctx.db, ctx.now, dry_run=bool(p.get("dry_run")))
+    if "note" not in result and plan.controls(ctx.db, ctx.cfg)["paused"]:
+        result["note"] = "dispatch is paused; `kanban resume` starts new runs again"
+    return result
 
 
 @handler("dispatch.plan")
@@ -260,7 +267,36 @@ def dispatch_plan(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
         "SELECT id AS run, task_id AS task, profile, kill_reason AS reason, pid FROM runs WHERE state='exiting' "
         "ORDER BY claimed_at")]
     return {"plan": plan.explain(ctx.db, ctx.now, ctx.cfg), "reaper_attached": ctx.disp.reaper is not None,
-            "exiting": exiting, "scheduled": schedule.listing(ctx.db, ctx.now)}
+            "exiting": exiting, "scheduled": schedule.listing(ctx.db, ctx.now), "controls": plan.controls(ctx.db, ctx.cfg)}
+
+
+
+@handler("dispatch.pause")
+def dispatch_pause(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    ctx.disp.dispatch_needed = True
+    return plan.pause(ctx.db, ctx.now, ctx.cfg, p.get("profiles"))
+
+
+@handler("dispatch.resume")
+def dispatch_resume(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    ctx.disp.dispatch_needed = True
+    return plan.resume(ctx.db, ctx.now, ctx.cfg, p.get("profiles"))
+
+
+@handler("dispatch.parallel")
+def dispatch_parallel(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    ctx.disp.dispatch_needed = True
+    return plan.set_cap(ctx.db, ctx.now, ctx.cfg, p.get("limit"), p.get("profile"), bool(p.get("reset")))
+
+
+@handler("daemon.reload")
+def daemon_reload(ctx: Ctx, p: dict[str, Any]) -> Any:
+    """Answered later, when the supervisor has tried the reload (see ``Dispatcher.request_reload``)."""
+    kind, _ = ctx.disp.scope(ctx.client)
+    if kind not in ("operator", "role"):
+        raise RPCError("permission_denied", "daemon.reload: only an operator may reload the config, not a worker",
+                       method="daemon.reload")
+    return ctx.disp.request_reload()
 
 
 @handler("notify.subscribe")

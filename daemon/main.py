@@ -5,7 +5,14 @@ Runs in: the daemon's main PID (which becomes the supervisor).
     kanband [--config FILE] [--state-dir DIR] [--socket PATH]
     kanband --check-config [--config FILE]
     kanband --init-board [--config FILE] [--state-dir DIR]
-    kanband service install [--now] [--force]
+    kanband --board NAME [...]           (a named board; see below)
+    kanband [--board NAME] service install [--now] [--force] | uninstall [--now] | status
+
+``--board NAME`` follows systemd's template convention (``kanband@NAME.service``):
+state in ``$XDG_STATE_HOME/kanban/boards/NAME/``, socket
+``$XDG_RUNTIME_DIR/kanban/NAME.sock``, config ``$XDG_CONFIG_HOME/kanban/boards/NAME.yaml``
+if it exists (else the shared ``config.yaml``). ``--state-dir``, ``--socket`` and
+``--config`` still override each.
 
 A start-up failure (an unsafe directory, a missing or damaged board, a
 read-only or full disk, a socket in use) is one line on stderr naming the path
@@ -16,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
-from client.rpc import PathTooLong, check_socket_path
+from client.rpc import PathTooLong, board_name_problem, board_state_dir, check_socket_path, state_home
+from client.rpc import default_socket as client_default_socket
 from daemon import __version__
 from daemon import config as config_mod
 from daemon import log as daemon_log
@@ -33,23 +39,27 @@ def xdg(var: str, fallback: str) -> Path:
     return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
 
 
-def default_config_path() -> Path:
-    return xdg("XDG_CONFIG_HOME", ".config") / "kanban" / "config.yaml"
+def default_config_path(board: str | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/kanban/config.yaml``; for a named board ``…/kanban/boards/NAME.yaml``
+    when that file exists (else the shared one)."""
+    base = xdg("XDG_CONFIG_HOME", ".config") / "kanban"
+    if board and (base / "boards" / f"{board}.yaml").exists():
+        return base / "boards" / f"{board}.yaml"
+    return base / "config.yaml"
 
 
-def default_state_dir() -> Path:
-    return xdg("XDG_STATE_HOME", ".local/state") / "kanban"
+def default_state_dir(board: str | None = None) -> Path:
+    return Path(board_state_dir(board) if board else state_home())
 
 
-def default_socket() -> Path:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) if runtime and os.path.isabs(runtime) else Path(f"/tmp/kanban-{os.getuid()}")
-    return base / "kanban" / "kanband.sock" if runtime else base / "kanband.sock"
+def default_socket(board: str | None = None) -> Path:
+    return Path(client_default_socket(board))
 
 
-def resolve_paths(cfg: dict, state_dir: str | None, socket_path: str | None) -> dict[str, str]:
-    state = Path(state_dir).resolve() if state_dir else default_state_dir()
-    sock = Path(socket_path).absolute() if socket_path else default_socket()
+def resolve_paths(cfg: dict, state_dir: str | None, socket_path: str | None,
+                  board: str | None = None) -> dict[str, str]:
+    state = Path(state_dir).resolve() if state_dir else default_state_dir(board)
+    sock = Path(socket_path).absolute() if socket_path else default_socket(board)
     return {
         "state_dir": str(state),
         "board": str(Path(cfg["board"]["path"]).expanduser()) if cfg["board"]["path"] else str(state / "board.db"),
@@ -60,15 +70,28 @@ def resolve_paths(cfg: dict, state_dir: str | None, socket_path: str | None) -> 
         "runs": str(state / "runs"),
         "workspaces": str(Path(cfg["workspaces"]["root"]).expanduser()) if cfg["workspaces"]["root"]
         else str(state / "workspaces"),
+        "board_name": board or "",
     }
+
+
+def board_arg(value: str) -> str:
+    """argparse type for ``--board``: a valid board name."""
+    bad = board_name_problem(value)
+    if bad:
+        raise argparse.ArgumentTypeError(bad)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kanband", description="kanband: a durable task board that runs workers.")
+    p.add_argument("--board", type=board_arg, metavar="NAME",
+                   help="run the named board: state in $XDG_STATE_HOME/kanban/boards/NAME/, socket "
+                        "$XDG_RUNTIME_DIR/kanban/NAME.sock, config kanban/boards/NAME.yaml if it exists")
     p.add_argument("--config", help=f"YAML config (default: {default_config_path()})")
     p.add_argument("--state-dir", help=f"board, logs and run files (default: {default_state_dir()})")
     p.add_argument("--socket", help=f"Unix socket path (default: {default_socket()})")
-    p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the config (keys, and that commands, repositories and sinks exist here) and exit")
     p.add_argument("--init-board", action="store_true",
                    help="create a new, empty board where the board file is missing or empty, and exit "
                         "(never replaces a non-empty board)")
@@ -76,98 +99,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     svc = sub.add_parser("service", help="systemd user unit helpers")
     svc_sub = svc.add_subparsers(dest="action", required=True)
-    inst = svc_sub.add_parser("install", help="write ~/.config/systemd/user/kanband.service")
+    inst = svc_sub.add_parser("install", help="check the config, then write ~/.config/systemd/user/kanband.service "
+                                              "(kanband@.service with --board)")
     inst.add_argument("--now", action="store_true", help="also daemon-reload and enable --now")
     inst.add_argument("--force", action="store_true", help="overwrite an existing unit")
+    un = svc_sub.add_parser("uninstall", help="disable and remove the unit")
+    un.add_argument("--now", action="store_true", help="also run systemctl --user disable --now and daemon-reload")
+    svc_sub.add_parser("status", help="is the unit installed and the daemon answering; the systemctl and "
+                                      "journalctl commands to use")
     return p
 
 
-UNIT_TEMPLATE = Path(__file__).resolve().parent.parent / "packaging" / "systemd" / "kanband.service"
-
-
-def unit_arg(arg: str) -> str:
-    """Quote one ExecStart= word for systemd: ``%`` and ``$`` are escaped, and a
-    word with spaces, quotes, backslashes or ``;`` is double-quoted."""
-    word = arg.replace("%", "%%").replace("$", "$$")
-    if word and not any(c.isspace() or c in "\"'\\;" for c in word):
-        return word
-    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render_unit(exe: str, args: list[str], template: Path = UNIT_TEMPLATE) -> str:
-    """The unit file text with its ``ExecStart=`` line pointing at ``exe args...``."""
-    text = template.read_text()
-    cmd = " ".join(unit_arg(a) for a in [exe, *args])
-    return "\n".join(f"ExecStart={cmd}" if line.startswith("ExecStart=") else line
-                     for line in text.splitlines()) + "\n"
-
-
-def kanband_path() -> str:
-    """The installed ``kanband`` that is running now (not merely the first one on PATH)."""
-    candidates = []
-    if os.path.basename(sys.argv[0]) == "kanband":
-        candidates.append(os.path.abspath(sys.argv[0]))
-    candidates.append(os.path.join(os.path.dirname(sys.executable), "kanband"))
-    found = shutil.which("kanband")
+def check_config(cfg: dict, quiet: bool = False) -> int:
+    """The checks of ``--check-config`` beyond the schema (see :mod:`daemon.checks`): every problem
+    on its own line on stderr and exit 2, or the summary line (unless ``quiet``) and 0."""
+    from daemon import checks
+    found = checks.problems(cfg)
+    for line in found:
+        fail(f"bad config: {line}", 2)
     if found:
-        candidates.append(found)
-    for exe in candidates:
-        if os.path.isfile(exe) and os.access(exe, os.X_OK):
-            return os.path.realpath(exe)
-    return candidates[0]
-
-
-def service_install(args: argparse.Namespace) -> int:
-    exe = kanband_path()
-    extra = []
-    if args.config:
-        extra += ["--config", str(Path(args.config).resolve())]
-    if args.state_dir:
-        extra += ["--state-dir", str(Path(args.state_dir).resolve())]
-    from daemon import fsguard
-    unit_dir = xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user"
-    try:
-        fsguard.ensure_private_dir(unit_dir)  # whoever can write here can run code as us
-    except fsguard.UnsafePath as exc:
-        return fail(str(exc), 1)
-    except OSError as exc:
-        return fail(f"cannot write the unit: {describe_oserror(exc)}", 1)
-    target = unit_dir / "kanband.service"
-    try:
-        text = render_unit(exe, extra)
-    except FileNotFoundError:
-        print(f"kanband: the unit template {UNIT_TEMPLATE} is missing from this installation", file=sys.stderr)
-        return 1
-    if target.exists() and target.read_text() == text:
-        print(f"{target} is already up to date")
-    elif target.exists() and not args.force:
-        print(f"kanband: {target} exists and differs; pass --force to overwrite", file=sys.stderr)
-        return 1
-    else:
-        target.write_text(text)
-        print(f"wrote {target}")
-    have = shutil.which("systemctl") is not None
-    steps = ["systemctl --user daemon-reload", "systemctl --user enable --now kanband",
-             "journalctl --user -u kanband -f"]
-    if not have:
-        print("systemctl is not installed on this machine: the unit was written, but nothing can start it here.")
-        print("On a systemd machine, run:")
-        for s in steps:
-            print(f"  {s}")
-        return 0 if not args.now else 1
-    if args.now:
-        for s in steps[:2]:
-            res = subprocess.run(s.split(), capture_output=True, text=True)
-            if res.returncode != 0:
-                print(f"kanband: `{s}` failed: {res.stderr.strip()}", file=sys.stderr)
-                return 1
-            print(f"ran: {s}")
-        print(f"follow the logs with: {steps[2]}")
-    else:
-        print("next:")
-        for s in steps:
-            print(f"  {s}")
+        return 2
+    if not quiet:
+        src = cfg["_file"] or "no file (defaults)"
+        names = f": {', '.join(sorted(cfg['profiles']))}" if cfg["profiles"] else ""
+        print(f"config OK: {src}; {len(cfg['profiles'])} profile(s){names}, {len(cfg['sinks'])} sink(s)")
     return 0
+
+
+def service(args: argparse.Namespace, cfg: dict | None, paths: dict[str, str]) -> int:
+    from daemon import service as svc
+    config_home = xdg("XDG_CONFIG_HOME", ".config")
+    if args.action == "install":
+        code = check_config(cfg, quiet=True)
+        if code:
+            return fail("refusing to install a unit for a config that cannot work; fix the lines above "
+                        "(kanband --check-config checks it again)", code)
+        return svc.install(args, config_home, fail)
+    if args.action == "uninstall":
+        return svc.uninstall(args, config_home, fail)
+    return svc.status(args, config_home, paths)
 
 
 def fail(message: str, code: int) -> int:
@@ -205,20 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 ok (or stopped cleanly), 1 a start-up check failed (unsafe directory, board missing or
     damaged, disk read-only or full, already running, socket in use), 2 bad config or arguments."""
     args = build_parser().parse_args(argv)
-    if args.command == "service":
-        return service_install(args)
-    config_path = Path(args.config) if args.config else default_config_path()
+    config_path = Path(args.config) if args.config else default_config_path(args.board)
     if args.config and not config_path.exists():
         return fail(f"config file {config_path} does not exist", 2)
     try:
         cfg = config_mod.load(config_path)
     except config_mod.ConfigError as exc:
         return fail(f"bad config: {exc}", 2)
+    paths = resolve_paths(cfg, args.state_dir, args.socket, args.board)
+    if args.command == "service":
+        return service(args, cfg, paths)
     if args.check_config:
-        src = cfg["_file"] or "no file (defaults)"
-        print(f"config OK: {src}; {len(cfg['profiles'])} profile(s), {len(cfg['sinks'])} sink(s)")
-        return 0
-    paths = resolve_paths(cfg, args.state_dir, args.socket)
+        return check_config(cfg)
     try:
         check_socket_path(paths["socket"])
     except PathTooLong as exc:
@@ -245,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     except sqlite3.Error as exc:
         return fail(f"cannot start: board {paths['board']}: {exc}", 1)
 
+
+from daemon.service import UNIT_TEMPLATE, kanband_path, render_unit, unit_arg  # noqa: E402,F401 (re-exported)
 
 if __name__ == "__main__":
     sys.exit(main())

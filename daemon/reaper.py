@@ -339,7 +339,7 @@ class Reaper:
             self.cleanups.setdefault(p["task"], []).append(p)
             return
         result = workspaces.cleanup_workspace(p["kind"], p["path"], self.paths["workspaces"],
-                                              self.cfg["workspaces"]["repo"], purger=self.start_purge)
+                                              p.get("repo") or self.cfg["workspaces"]["repo"], purger=self.start_purge)
         level = log.warning if result.startswith("refused") else log.info
         level("workspace.cleanup", task=p["task"], path=p["path"], result=result)
 

@@ -94,6 +94,8 @@ class Supervisor:
         self.cfg = self.within_watchdog(cfg)
         self.next_wd = 0.0
         self.next_snapshot = 0.0
+        self.last_reload: dict[str, Any] | None = None  # shown by `kanban status`
+        self.reload_seq = 0
 
     def within_watchdog(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """Under systemd's watchdog, roles heartbeat and are judged within its deadline, whatever
@@ -220,7 +222,8 @@ class Supervisor:
         # methods by pid); queued before it serves anyone, so daemon.status is never role-less either.
         disp = self.roles["dispatcher"]
         if disp.channel is not None:
-            roles.send(disp.channel, {"t": "roles", "roles": self.role_snapshot(), "flapping": sorted(self.flapping)})
+            roles.send(disp.channel, {"t": "roles", "roles": self.role_snapshot(), "flapping": sorted(self.flapping),
+                                      "reload": self.last_reload})
         roles.send(parent_end, {"t": "go"})
 
     def on_role_exit(self, r: RoleState, status: int) -> None:
@@ -263,6 +266,11 @@ class Supervisor:
             return
         now = time.monotonic()
         for msg in msgs:
+            if msg.get("t") == "reload" and r.name == "dispatcher":  # `kanban reload`
+                result = self.reload(origin="rpc")
+                if r.channel is not None:
+                    roles.send(r.channel, {"t": "reloaded", "req": msg.get("req"), "reload": result})
+                continue
             if msg.get("t") == "hb":
                 r.last_hb, r.last_hb_wall = now, time.time()
                 ready = bool(msg.get("ready", True))
@@ -357,7 +365,8 @@ class Supervisor:
         snap = self.role_snapshot(now)
         disp = self.roles["dispatcher"]
         if disp.channel is not None:
-            roles.send(disp.channel, {"t": "roles", "roles": snap, "flapping": sorted(self.flapping)})
+            roles.send(disp.channel, {"t": "roles", "roles": snap, "flapping": sorted(self.flapping),
+                                      "reload": self.last_reload})
         self.update_status(snap)
         self.next_snapshot = now + self.cfg["supervisor"]["heartbeat_interval"]
         return snap
@@ -378,36 +387,51 @@ class Supervisor:
 
     # ---- signals --------------------------------------------------------------
 
-    def reload(self) -> None:
-        """SIGHUP: load the config again; a bad one is refused and the old one kept.
+    def reload(self, origin: str = "signal") -> dict[str, Any]:
+        """SIGHUP (or ``kanban reload``): load the config again; a bad one is refused and the old one kept.
 
         ``RELOADING=1`` (with ``MONOTONIC_USEC``) and ``READY=1`` bracket the
         reload once we are up; before the first ``READY=1`` a reload is silent,
         so READY still means "every role checked in".
+
+        Args:
+            origin: ``signal`` or ``rpc``, recorded in the result.
+
+        Returns:
+            ``{seq, at, result, error, file, origin}``: ``result`` is ``applied`` or ``refused``
+            (``error`` then names the file and key); ``at`` is epoch seconds. It is kept as
+            :attr:`last_reload` and reaches ``daemon.status`` with the next role snapshot.
         """
         if self.sent_ready:
             self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         path = self.config_path
+        self.reload_seq += 1
+        outcome: dict[str, Any] = {"seq": self.reload_seq, "at": time.time(), "origin": origin,
+                                   "file": self.cfg.get("_file") or path}
         try:
             if self.cfg.get("_file") and not os.path.exists(self.cfg["_file"]):
                 raise config_mod.ConfigError(f"{self.cfg['_file']}: file does not exist any more")
             new = config_mod.load(path)
         except config_mod.ConfigError as exc:
             log.error("config.reload_refused", file=self.cfg.get("_file") or path, error=str(exc),
-                      kept=self.cfg.get("_file"))
+                      kept=self.cfg.get("_file"), origin=origin)
+            self.last_reload = {**outcome, "result": "refused", "error": str(exc)}
+            self.next_snapshot = 0.0
             if self.sent_ready:
                 self.notify("READY=1")
-            return
+            return self.last_reload
         self.cfg = new = self.within_watchdog(new)
         daemon_log.configure(new, role="supervisor")
         wire = {**new, "_set": sorted(new["_set"])}
         for r in self.roles.values():
             if r.channel is not None:
                 roles.send(r.channel, {"t": "config", "cfg": wire})
-        log.info("config.reloaded", file=new.get("_file"), profiles=sorted(new["profiles"]))
+        log.info("config.reloaded", file=new.get("_file"), profiles=sorted(new["profiles"]), origin=origin)
+        self.last_reload = {**outcome, "file": new.get("_file") or path, "result": "applied", "error": None}
         self.next_snapshot = 0.0
         if self.sent_ready:
             self.notify("READY=1")
+        return self.last_reload
 
     def stop(self) -> None:
         """SIGTERM/SIGINT: stop the roles in ``stop_order``; workers follow ``on_shutdown`` (the reaper's job)."""

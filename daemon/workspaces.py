@@ -297,8 +297,8 @@ def prepare_workspace(ws: dict[str, Any], task_id: str) -> str:
     """Create (or check) the run's working directory; returns its path.
 
     Args:
-        ws: ``{kind, path, root, repo}`` from the spawn spec.
-        task_id: The task, for the worktree branch name.
+        ws: ``{kind, path, root, repo, branch}`` from the spawn spec.
+        task_id: The task, for the worktree branch name when ``branch`` does not pin one.
 
     Raises:
         WorkspaceError: The workspace is unusable (a scratch path that is not ``<root>/<name>``
@@ -335,12 +335,24 @@ def prepare_workspace(ws: dict[str, Any], task_id: str) -> str:
             raise WorkspaceError(f"worktree workspace {path} is a symlink", errno.ENOTDIR)
         if not os.path.isdir(path):
             fsguard.ensure_private_dir(ws["root"])
-            res = subprocess.run(["git", "-C", repo, "worktree", "add", "-B", f"wt/{task_id}", path],
+            res = subprocess.run(["git", "-C", repo, "worktree", "add", *worktree_add_args(repo, ws, task_id, path)],
                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if res.returncode != 0:
                 raise WorkspaceError(f"git worktree add failed: {res.stderr.strip()[-300:]}")
         return path
     raise WorkspaceError(f"unknown workspace kind {kind!r}")
+
+
+def worktree_add_args(repo: str, ws: dict[str, Any], task_id: str, path: str) -> list[str]:
+    """``git worktree add`` arguments: ``-B wt/<task> PATH`` by default (made or reset at the
+    repository's HEAD); a pinned ``branch`` is checked out as it is if it exists (never reset: its
+    commits are someone's work), or created with ``-b`` at HEAD."""
+    branch = ws.get("branch")
+    if not branch:
+        return ["-B", f"wt/{task_id}", "--", path]
+    exists = subprocess.run(["git", "-C", repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+                            capture_output=True, stdin=subprocess.DEVNULL).returncode == 0
+    return ["--", path, branch] if exists else ["-b", branch, "--", path]
 
 
 def _purge_now(root: str, name: str) -> None:

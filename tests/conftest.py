@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import Daemon, become_subreaper
+from tests.harness import Daemon, become_subreaper, restore_default_signals
 
 become_subreaper()
+restore_default_signals()  # `make test &`: children must not inherit an ignored SIGINT
 
 
 @pytest.fixture

@@ -178,10 +178,11 @@ class Daemon:
         env.update(extra or {})
         return env
 
-    def start(self, wait: bool = True, timeout: float = 15.0, args: list[str] | None = None) -> subprocess.Popen:
+    def start(self, wait: bool = True, timeout: float = 15.0, args: list[str] | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         if self.notify is None:
             self.notify = Notifications(os.path.join(self.tmp, "n.sock"))
-        env = self.env({"NOTIFY_SOCKET": self.notify.path})
+        env = self.env({"NOTIFY_SOCKET": self.notify.path, **(env or {})})
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         ready_before = self.notify.count("READY=1")
@@ -358,6 +359,21 @@ class Daemon:
 
     def role_pids(self) -> dict[str, int]:
         return {r["name"]: r["pid"] for r in self.rpc("daemon.status")["roles"]}
+
+
+def restore_default_signals() -> None:
+    """Undo the SIGINT/SIGQUIT dispositions a background job inherits (``make test &``).
+
+    A non-interactive shell starts a background job with SIGINT and SIGQUIT ignored; an
+    ignored signal stays ignored across ``exec``, so every daemon and client a test starts
+    would inherit it, and a test that ends ``kanban watch`` with SIGINT (Ctrl-C) would hang.
+    Python's own handler in the test process makes the children start with the default.
+    """
+    import signal
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def reap_orphans() -> None:

@@ -217,6 +217,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN verify_exit INTEGER;
     ALTER TABLE runs ADD COLUMN verify_output TEXT;
     """,
+    # 9 -> 10: operator controls kept across restarts (kanban pause/resume/parallel): a profile's
+    # pause and cap override on its profile_state row; the global ones in a settings table. And a
+    # task's own worktree repository and pinned branch (kanban create --repo/--branch).
+    """
+    ALTER TABLE profile_state ADD COLUMN paused_at REAL;
+    ALTER TABLE profile_state ADD COLUMN cap_override INTEGER;
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID;
+    ALTER TABLE tasks ADD COLUMN workspace_repo TEXT;
+    ALTER TABLE tasks ADD COLUMN workspace_branch TEXT
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,6 +6,12 @@ Runs in: the dispatcher and unit tests.
 many ready tasks per profile as there are free slots, through the
 ``tasks_dispatch`` index, so a pass costs the same with 10 or 100k ready
 tasks. :func:`explain` is the slow, complete form behind ``kanban plan``.
+
+Operator controls (``kanban pause``, ``resume``, ``parallel``) live on the board,
+so they survive a restart: the global ones in ``settings``, a profile's on its
+``profile_state`` row. :func:`controls` reads them merged with the config, and
+both :func:`candidates` and :func:`explain` honour them. A pause stops new
+claims only; live runs go on, and caps count them as before.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from client.protocol import RPCError
 from daemon.board import schedule
 
 
@@ -47,20 +54,127 @@ def live_run(conn: sqlite3.Connection, task_id: str) -> sqlite3.Row | None:
                         "ORDER BY claimed_at DESC LIMIT 1", (task_id,)).fetchone()
 
 
+def controls(conn: sqlite3.Connection, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The operator controls in force, merged with the config.
+
+    Returns:
+        ``{paused, paused_at, max_in_progress, config_max_in_progress, overridden, profiles}``;
+        ``profiles`` maps every configured profile (and any profile with a stored control) to
+        ``{paused, paused_at, max_in_progress, config_max_in_progress, overridden, configured}``.
+        ``max_in_progress`` is the cap in force (``None``: no profile cap); ``paused_at`` is epoch
+        seconds or ``None``.
+    """
+    settings = dict(conn.execute("SELECT key, value FROM settings"))
+    paused_at = float(settings["paused_at"]) if "paused_at" in settings else None
+    cap = int(settings["max_in_progress"]) if "max_in_progress" in settings else None
+    rows = {r[0]: (r[1], r[2]) for r in conn.execute(
+        "SELECT profile, paused_at, cap_override FROM profile_state "
+        "WHERE paused_at IS NOT NULL OR cap_override IS NOT NULL")}
+    profiles = {}
+    for name in [*cfg["profiles"], *(n for n in rows if n not in cfg["profiles"])]:
+        p_at, p_cap = rows.get(name, (None, None))
+        conf = cfg["profiles"].get(name, {}).get("max_in_progress")
+        profiles[name] = {"paused": p_at is not None, "paused_at": p_at,
+                          "max_in_progress": p_cap if p_cap is not None else conf, "config_max_in_progress": conf,
+                          "overridden": p_cap is not None, "configured": name in cfg["profiles"]}
+    conf = cfg["dispatch"]["max_in_progress"]
+    return {"paused": paused_at is not None, "paused_at": paused_at,
+            "max_in_progress": cap if cap is not None else conf, "config_max_in_progress": conf,
+            "overridden": cap is not None, "profiles": profiles}
+
+
+def _known_profile(conn: sqlite3.Connection, cfg: dict[str, Any], name: str) -> None:
+    if name not in cfg["profiles"] and conn.execute(
+            "SELECT 1 FROM profile_state WHERE profile=? AND (paused_at IS NOT NULL OR cap_override IS NOT NULL)",
+            (name,)).fetchone() is None:
+        known = ", ".join(sorted(cfg["profiles"])) or "none"
+        raise RPCError("not_found", f"no profile {name!r} in the config (profiles: {known})", id=name,
+                       field="profiles")
+
+
+def _profile_row(conn: sqlite3.Connection, now: float, name: str) -> None:
+    conn.execute("INSERT INTO profile_state (profile, updated_at) VALUES (?, ?) ON CONFLICT(profile) DO UPDATE "
+                 "SET updated_at=excluded.updated_at", (name, now))
+
+
+def pause(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], profiles: list[str] | None) -> dict[str, Any]:
+    """Stop claiming new runs: everywhere (no ``profiles``), or for these profiles. Live runs go on.
+    Pausing what is already paused keeps the first pause's time.
+
+    Returns:
+        :func:`controls` after the change.
+
+    Raises:
+        RPCError: ``not_found`` naming a profile that is not in the config.
+    """
+    if not profiles:
+        conn.execute("INSERT OR IGNORE INTO settings (key, value, updated_at) VALUES ('paused_at', ?, ?)",
+                     (repr(now), now))
+    for name in profiles or []:
+        _known_profile(conn, cfg, name)
+        _profile_row(conn, now, name)
+        conn.execute("UPDATE profile_state SET paused_at=coalesce(paused_at, ?) WHERE profile=?", (now, name))
+    return controls(conn, cfg)
+
+
+def resume(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], profiles: list[str] | None) -> dict[str, Any]:
+    """Undo :func:`pause`: the global pause (no ``profiles``), or these profiles' own pauses.
+
+    Raises:
+        RPCError: ``not_found`` naming an unknown profile.
+    """
+    if not profiles:
+        conn.execute("DELETE FROM settings WHERE key='paused_at'")
+    for name in profiles or []:
+        _known_profile(conn, cfg, name)
+        conn.execute("UPDATE profile_state SET paused_at=NULL, updated_at=? WHERE profile=?", (now, name))
+    return controls(conn, cfg)
+
+
+def set_cap(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], limit: int | None, profile: str | None,
+            reset: bool) -> dict[str, Any]:
+    """Override ``dispatch.max_in_progress`` (or a profile's ``max_in_progress``) with ``limit``
+    live runs, or drop the override (``reset``) so the config's value is in force again.
+
+    Raises:
+        RPCError: ``invalid_params`` without exactly one of ``limit`` and ``reset``;
+            ``not_found`` for an unknown profile.
+    """
+    if (limit is None) == (not reset):
+        raise RPCError("invalid_params", "give a number of parallel runs, or --reset to go back to the config",
+                       field="limit")
+    if profile is None:
+        if reset:
+            conn.execute("DELETE FROM settings WHERE key='max_in_progress'")
+        else:
+            conn.execute("INSERT INTO settings (key, value, updated_at) VALUES ('max_in_progress', ?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+                         (str(limit), now))
+        return controls(conn, cfg)
+    _known_profile(conn, cfg, profile)
+    _profile_row(conn, now, profile)
+    conn.execute("UPDATE profile_state SET cap_override=? WHERE profile=?", (None if reset else limit, profile))
+    return controls(conn, cfg)
+
+
 def candidates(conn: sqlite3.Connection, now: float, cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ready tasks to claim now, in dispatch order (priority, then age), within every cap."""
+    """Ready tasks to claim now, in dispatch order (priority, then age), within every cap and pause."""
     d = cfg["dispatch"]
+    ctl = controls(conn, cfg)
+    if ctl["paused"]:
+        return []
     total, by = running_counts(conn)
-    free = d["max_in_progress"] - total
+    free = ctl["max_in_progress"] - total
     if free <= 0:
         return []
     picked: list[dict[str, Any]] = []
     default = d["default_assignee"]
     cooling = profile_cooldowns(conn, now)
-    for name, prof in cfg["profiles"].items():
-        cap = prof["max_in_progress"]
+    for name in cfg["profiles"]:
+        pc = ctl["profiles"][name]
+        cap = pc["max_in_progress"]
         slots = free if cap is None else min(free, cap - by.get(name, 0))
-        if slots <= 0 or name in cooling:
+        if slots <= 0 or name in cooling or pc["paused"]:
             continue
         rows = conn.execute(
             f"SELECT {_READY_COLS} FROM tasks WHERE status='ready' AND assignee=? "
@@ -171,9 +285,12 @@ def assignees(conn: sqlite3.Connection, now: float, cfg: dict[str, Any]) -> dict
 def explain(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], limit: int = 500) -> list[dict[str, Any]]:
     """For every ready task (up to ``limit``), whether it starts now and why or why not."""
     d = cfg["dispatch"]
+    ctl = controls(conn, cfg)
     total, by = running_counts(conn)
     by = dict(by)
     cooling = profile_cooldowns(conn, now)
+    cap = ctl["max_in_progress"]
+    set_by = " (kanban parallel; the config says {})"
     out = []
     rows = conn.execute(f"SELECT {_READY_COLS} FROM tasks WHERE status='ready' "
                         "ORDER BY priority DESC, created_at LIMIT ?", (limit,)).fetchall()
@@ -198,11 +315,19 @@ def explain(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], limit: in
         elif assignee in cooling:
             item.update(decision="wait", reason=f"profile {assignee} rate-limit cooldown, "
                                                 f"{cooling[assignee] - now:.0f}s left", wait_until=cooling[assignee])
-        elif total >= d["max_in_progress"]:
-            item.update(decision="wait", reason=f"global cap reached ({total}/{d['max_in_progress']})")
-        elif prof["max_in_progress"] is not None and by.get(assignee, 0) >= prof["max_in_progress"]:
+        elif ctl["paused"]:
+            item.update(decision="wait", reason="dispatch is paused (kanban resume)")
+        elif ctl["profiles"][assignee]["paused"]:
+            item.update(decision="wait", reason=f"profile {assignee} is paused (kanban resume {assignee})")
+        elif total >= cap:
+            item.update(decision="wait", reason=f"global cap reached ({total}/{cap})"
+                        + (set_by.format(ctl["config_max_in_progress"]) if ctl["overridden"] else ""))
+        elif (pc := ctl["profiles"][assignee])["max_in_progress"] is not None \
+                and by.get(assignee, 0) >= pc["max_in_progress"]:
+            conf = pc["config_max_in_progress"]
             item.update(decision="wait", reason=f"profile cap reached ({by.get(assignee, 0)}/"
-                                                f"{prof['max_in_progress']} for {assignee})")
+                                                f"{pc['max_in_progress']} for {assignee})"
+                        + (set_by.format(conf if conf is not None else "no cap") if pc["overridden"] else ""))
         else:
             reason = "starts now"
             if r["consecutive_failures"]:

@@ -23,7 +23,8 @@ from daemon.config import parse_duration
 TASK_COLUMNS = ("id, title, body, assignee, status, priority, tenant, created_by, created_at, updated_at, "
                 "ready_at, idempotency_key, max_runtime, max_retries, consecutive_failures, result, summary, "
                 "block_reason, workspace_kind, workspace_path, current_run, cooldown_until, cooldown_kind, "
-                "due_at, parent_reopened, verify_command, verify_turns, review, verify_rejections")
+                "due_at, parent_reopened, verify_command, verify_turns, review, verify_rejections, workspace_repo, "
+                "workspace_branch")
 
 
 def new_id(prefix: str, nbytes: int = 4) -> str:
@@ -63,7 +64,8 @@ def get_for(conn: sqlite3.Connection, task_id: str, verb: str, subject: str = "t
 def to_dict(row: sqlite3.Row, parents: list[str] | None = None) -> dict[str, Any]:
     """A task row as the wire object."""
     d = dict(row)
-    d["workspace"] = {"kind": d.pop("workspace_kind"), "path": d.pop("workspace_path")}
+    d["workspace"] = {"kind": d.pop("workspace_kind"), "path": d.pop("workspace_path"),
+                      "repo": d.pop("workspace_repo", None), "branch": d.pop("workspace_branch", None)}
     if d.get("verify_command") is not None:
         d["verify_command"] = json.loads(d["verify_command"])
     if d.get("review") is not None:
@@ -130,19 +132,47 @@ def parse_workspace(spec: str | None, default: str = "scratch") -> tuple[str, st
                    field="workspace")
 
 
+def branch_problem(branch: str) -> str | None:
+    """Why ``branch`` cannot name a git branch for a worktree, or ``None`` (the rules of
+    ``git check-ref-format --branch``, checked here so a bad name fails at create, not at spawn)."""
+    bad = (not branch or branch.startswith(("-", "/", ".")) or branch.endswith(("/", ".", ".lock"))
+           or ".." in branch or "//" in branch or "@{" in branch or branch == "@" or "/." in branch
+           or any(c in branch for c in " ~^:?*[\\") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in branch))
+    return f"--branch {branch!r} is not a valid git branch name" if bad else None
+
+
+def worktree_params(kind: str, repo: str | None, branch: str | None) -> None:
+    """``--repo`` and ``--branch`` are for worktree workspaces: a repository path that is
+    absolute, and a valid branch name.
+
+    Raises:
+        RPCError: ``invalid_params`` naming the field.
+    """
+    if (repo or branch) and kind != "worktree":
+        field = "repo" if repo else "branch"
+        raise RPCError("invalid_params", f"--{field} is for worktree workspaces, not {kind}", field=field)
+    if repo is not None and not os.path.isabs(repo):
+        raise RPCError("invalid_params", f"--repo {repo!r}: give an absolute path", field="repo")
+    if branch is not None and branch_problem(branch):
+        raise RPCError("invalid_params", branch_problem(branch), field="branch")
+
+
 def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None = None,
            assignee: str | None = None, priority: int | None = None, tenant: str | None = None,
            parents: list[str] | None = None, triage: bool = False, idempotency_key: str | None = None,
            max_runtime: str | None = None, max_retries: int | None = None, workspace: str | None = None,
            created_by: str | None = None, default_workspace: str = "scratch", due_at: float | None = None,
-           verify: str | None = None, verify_turns: int | None = None, review: bool | None = None
-           ) -> tuple[dict[str, Any], bool]:
+           verify: str | None = None, verify_turns: int | None = None, review: bool | None = None,
+           repo: str | None = None, branch: str | None = None) -> tuple[dict[str, Any], bool]:
     """Create a task. Returns ``(task, created)``; ``created`` is False on an idempotent replay.
 
     With ``due_at`` (epoch seconds, already validated by :mod:`daemon.board.schedule`) the task
     starts ``scheduled`` and becomes ready (or todo) at that time. ``verify`` is a command line
     split like a shell would (no shell runs it); an empty string turns the profile's verify
-    command off for this task. ``verify_turns`` bounds its rejected runs.
+    command off for this task. ``verify_turns`` bounds its rejected runs. ``repo`` and ``branch``
+    (worktree workspaces only; they imply one when no workspace is given) are stored on the task:
+    its worktree is made in ``repo`` (else the profile's, else ``workspaces.repo``) on ``branch``
+    (else ``wt/<task id>``).
     """
     if not title.strip():
         raise RPCError("invalid_params", "title must not be empty", field="title")
@@ -165,7 +195,11 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
     verify_argv = parse_verify(verify) if verify is not None else None
     if verify_turns is not None and verify_turns < 1:
         raise RPCError("invalid_params", "verify_turns must be at least 1", field="verify_turns")
+    if (repo or branch) and workspace is None:
+        workspace = "worktree"
     kind, path = parse_workspace(workspace, default_workspace)
+    worktree_params(kind, repo, branch)
+    repo = os.path.normpath(repo) if repo else None
     parents = list(dict.fromkeys(parents or []))
     for p in parents:
         get(conn, p)
@@ -178,8 +212,8 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
             "created_at": now, "updated_at": now, "ready_at": now if status == "ready" else None,
             "idempotency_key": idempotency_key, "max_runtime": runtime, "max_retries": max_retries,
             "consecutive_failures": 0, "result": None, "summary": None, "block_reason": None,
-            "workspace": {"kind": kind, "path": path}, "current_run": None, "cooldown_until": None,
-            "due_at": due_at, "parent_reopened": None,
+            "workspace": {"kind": kind, "path": path, "repo": repo, "branch": branch}, "current_run": None,
+            "cooldown_until": None, "due_at": due_at, "parent_reopened": None,
             "verify_command": verify_argv, "verify_turns": verify_turns, "review": review,
             "verify_rejections": 0, "parents": parents}
     for _ in range(8):  # 32 random bits: a collision is rare, and the primary key catches it
@@ -188,11 +222,12 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
             conn.execute(
                 "INSERT INTO tasks (id, title, body, assignee, status, priority, tenant, created_by, created_at, "
                 "updated_at, ready_at, idempotency_key, max_runtime, max_retries, workspace_kind, workspace_path, "
-                "due_at, verify_command, verify_turns, review) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "due_at, verify_command, verify_turns, review, workspace_repo, workspace_branch) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (task["id"], title, task["body"], assignee, status, task["priority"], tenant, task["created_by"],
                  now, now, task["ready_at"], idempotency_key, runtime, max_retries, kind, path, due_at,
                  None if verify_argv is None else json.dumps(verify_argv), verify_turns,
-                 None if review is None else int(review)))
+                 None if review is None else int(review), repo, branch))
             break
         except sqlite3.IntegrityError as exc:
             if "tasks.id" not in str(exc):
@@ -311,7 +346,8 @@ def complete(conn: sqlite3.Connection, now: float, ids: list[str], summary: str 
         set_status(conn, now, row, "complete", summary=summary, result=result, consecutive_failures=0,
                    block_reason=None, parent_reopened=None)
         emit(conn, now, "completed", task_id, run, summary=summary, by="worker" if run else "operator",
-             workspace={"kind": row["workspace_kind"], "path": row["workspace_path"]})
+             workspace={"kind": row["workspace_kind"], "path": row["workspace_path"],
+                        "repo": row["workspace_repo"]})
         promoted += promote_children(conn, now, task_id)
         done.append(task_dict(conn, task_id))
     return {"tasks": done, "promoted": promoted}
@@ -369,7 +405,8 @@ def archive(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, A
             fenced = fenced if end_run(conn, now, fenced, "cancel", outcome="cancelled") else None
         set_status(conn, now, row, "archive", current_run=None)
         last = emit(conn, now, "archived", task_id, fenced, kill_run=fenced,
-                    workspace={"kind": row["workspace_kind"], "path": row["workspace_path"]})
+                    workspace={"kind": row["workspace_kind"], "path": row["workspace_path"],
+                        "repo": row["workspace_repo"]})
         # the task's subscriptions end here; each is pruned once its sink has delivered up to `last`
         conn.execute("UPDATE subscriptions SET until_id=? WHERE task_id=? AND until_id IS NULL", (last, task_id))
         promoted += promote_children(conn, now, task_id)

@@ -261,7 +261,10 @@ def run_windows(d: Daemon, fuzz: Fuzzer, n: int) -> dict[str, int]:
             f = s.makefile("rb")
             seen: list[object] = []
             null_answers = 0
-            while True:
+            synced = False
+            # an answer may come after a later request's (daemon.reload answers once the supervisor
+            # has reloaded): read on past the sync until every expected id has been answered
+            while not synced or len(seen) < len(expected):
                 line = f.readline()
                 assert line.endswith(b"\n"), f"connection closed; sent {frames!r}"
                 msg = loads(line)
@@ -271,8 +274,8 @@ def run_windows(d: Daemon, fuzz: Fuzzer, n: int) -> dict[str, int]:
                 stats["answers"] += 1
                 stats["errors"] += "error" in msg
                 if msg["id"] == sync:
-                    break
-                if msg["id"] is None:
+                    synced = True
+                elif msg["id"] is None:
                     null_answers += 1
                 else:
                     seen.append(msg["id"])

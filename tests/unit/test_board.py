@@ -185,8 +185,9 @@ def test_create_with_closed_parents_is_ready_and_triage_parks(conn):
 def test_create_options_and_validation(conn):
     t = mk(conn, "opts", max_runtime="30m", max_retries=3, workspace="dir:/srv/x/../y", created_by="me")
     assert (t["max_runtime"], t["max_retries"], t["created_by"]) == (1800.0, 3, "me")
-    assert t["workspace"] == {"kind": "dir", "path": "/srv/y"}
-    assert mk(conn, "wt", workspace="worktree")["workspace"] == {"kind": "worktree", "path": None}
+    assert t["workspace"] == {"kind": "dir", "path": "/srv/y", "repo": None, "branch": None}
+    assert mk(conn, "wt", workspace="worktree")["workspace"] == {"kind": "worktree", "path": None, "repo": None,
+                                                                 "branch": None}
     assert mk(conn, "dflt")["workspace"]["kind"] == "scratch"
     assert refused(conn, "invalid_params", tasks.create, NOW, title="  ").data["field"] == "title"
     assert refused(conn, "invalid_params", tasks.create, NOW, title="x",

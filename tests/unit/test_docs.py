@@ -162,7 +162,7 @@ def test_relative_links_point_at_real_files():
 def test_repo_paths_named_in_the_docs_exist():
     """Any `tests/…py`, `daemon/…py`, `client/…py` or `examples/…` path the docs name is real,
     and any ``tests/….py::test_name`` names a test that exists."""
-    pat = re.compile(r"(?<![\w/.])((?:tests|daemon|client|examples|packaging|bench)/[\w./-]*\w)(?:::(\w+))?")
+    pat = re.compile(r"(?<![\w/.])((?:tests|daemon|client|examples|packaging|bench)/[\w./@-]*\w)(?:::(\w+))?")
     for page in [README, *(DOCS / n for n in HAND_WRITTEN)]:
         for path, test in set(pat.findall(read(page))):
             assert (REPO / path).exists(), f"{page.name} names {path}, which does not exist"

@@ -186,7 +186,7 @@ def test_journal_detected_only_when_journal_stream_names_our_stdout(tmp_path):
         assert not daemon_log.stdout_is_journal(f, {})
         assert not daemon_log.stdout_is_journal(f, {"JOURNAL_STREAM": "garbage"})
         assert daemon_log.choose_format("auto", f, mine) == "journal"
-        assert daemon_log.choose_format("json", f, mine) == "journal"      # JSON, still with the prefix
+        assert daemon_log.choose_format("json", f, mine) == "journal"      # journal fields; MESSAGE is JSON
         assert daemon_log.choose_format("console", f, mine) == "console"
         assert daemon_log.choose_format("auto", other, mine) == "json"     # not a TTY, not the journal
         assert daemon_log.choose_format("json", other, {}) == "json"
