@@ -407,7 +407,7 @@ def test_edit_in_editor_applies_every_change_in_one_request(d):
     t = js(d, "show", tid)["task"]
     assert (t["title"], t["priority"], t["assignee"], t["max_runtime"], t["max_retries"]) == \
         ("edited title", 9, "beta", 2700.0, 4)
-    assert t["workspace"] == {"kind": "dir", "path": f"{d.tmp}/elsewhere"}
+    assert (t["workspace"]["kind"], t["workspace"]["path"]) == ("dir", f"{d.tmp}/elsewhere")
     assert t["body"] == "new body\n# not a comment here"
     evs = edited_events(d, tid)
     assert len(evs) == 1, "one request, one edit"
