@@ -1,12 +1,15 @@
 # kanband: two commands on a fresh machine.
 #   make run   create .venv, install, start the daemon in the foreground (XDG state dir, example profiles)
-#   make test  create .venv, install, run the whole test suite
+#   make test  create .venv, install, run the whole test suite (installs Chromium for the web
+#              board's browser tests when it is missing and we may: root or passwordless sudo)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench docs clean check-config compile
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test bench docs clean check-config compile browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +25,22 @@ compile: $(STAMP)
 run: compile
 	$(BIN)/kanband --config examples/config.yaml
 
-test: compile
+# The browser tests drive Debian's Chromium through Playwright; Playwright never downloads a browser.
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make test: the web board's browser tests need Chromium at $(CHROMIUM); install your system's chromium package" >&2; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "make test: installing chromium (apt-get) for the browser tests" >&2; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		echo "make test: installing chromium (sudo apt-get) for the browser tests" >&2; \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "make test: the web board's browser tests need Chromium; run:  sudo apt-get install -y chromium" >&2; exit 1; \
+	fi
+
+test: compile browser
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: compile

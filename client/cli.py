@@ -31,6 +31,8 @@ FLAG_NAMES = {"parents": "parent", "status": "status", "notify": "notify", "kind
 #: CLI-only verbs that reuse a method with fixed params.
 EXTRA_VERBS = {"tail": ("events.follow", "Stream one task's events (the single-task form of watch)")}
 COMMA_LISTS = {"status", "kinds"}
+#: Declared params the client acts on itself and does not send (``kanban web --open``).
+CLIENT_ONLY = {"web.url": {"open"}}
 
 
 class UsageError(Exception):
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                                    resend=resendable(method, params))
         else:
             with Client(ns.socket) as client:
-                result = client.call(ns._method, params)
+                result = client.call(ns._method, {k: v for k, v in params.items()
+                                                          if k not in CLIENT_ONLY.get(ns._method, ())})
     except NotRunning as exc:
         print(f"kanban: {exc}", file=sys.stderr)
         return 1
@@ -251,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"kanban: connection to kanband failed: {exc}", file=sys.stderr)
         return 1
+    if ns._method == "web.url" and params.get("open"):
+        import webbrowser  # only here: it imports a lot
+        webbrowser.open(result["url"])
     if as_json:
         print(json.dumps(result, indent=None, separators=(",", ":")))
     else:

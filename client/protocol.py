@@ -387,6 +387,13 @@ _METHOD_LIST: tuple[Method, ...] = (
         params=(_p("sink", "str", "sink name", required=True, cli="pos"),),
         result="sink state", errors=("not_found",), writes=True, verb="notify resume",
     ),
+    # ---- web board ----------------------------------------------------------
+    Method(
+        "web.url", "The web board's URL, with its access token (--open: also open it in a browser)",
+        params=(_p("open", "bool", "client side: open the URL in the default browser (the daemon ignores it)"),),
+        result="{url, base, listen, token_file, state}",
+        errors=("unavailable", "permission_denied"), verb="web",
+    ),
     # ---- internal: daemon roles talking to the dispatcher -------------------
     Method(
         "reaper.attach", "The reaper announces itself; the dispatcher answers with the active runs",
