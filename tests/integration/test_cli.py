@@ -423,7 +423,8 @@ def test_check_config_accepts_good_and_missing_files(make_daemon):
 
 # ---- the client stays small -------------------------------------------------------------------
 
-FORBIDDEN = ("daemon", "yaml", "structlog", "psutil", "setproctitle", "sdnotify", "sqlite3", "_sqlite3")
+FORBIDDEN = ("daemon", "yaml", "structlog", "psutil", "setproctitle", "sdnotify", "sqlite3", "_sqlite3",
+             "starlette", "uvicorn", "asyncio")
 
 _PROBE = """
 import json, os, sys
@@ -439,7 +440,7 @@ with open(os.environ["PROBE_OUT"], "w") as f:
 
 
 @pytest.mark.parametrize("argv", [["list"], ["show", "t_0badcafe"], ["create", "--json", "probe"], ["--help"],
-                                  ["list", "--bogus-flag"]])
+                                  ["list", "--bogus-flag"], ["web"]])
 def test_client_imports_no_daemon_code(d, argv, tmp_path):
     out = tmp_path / "mods.json"
     env = d.env({"PROBE_OUT": str(out)})

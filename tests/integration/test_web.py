@@ -13,6 +13,7 @@ import signal
 import socket
 import stat
 import subprocess
+import urllib.parse
 
 import psutil
 
@@ -274,3 +275,45 @@ def test_non_loopback_listen_is_refused_unless_allowed(make_daemon):
     res = subprocess.run([KANBAND, "--check-config", "--config", d.config_path], capture_output=True, text=True,
                          env=d.env(), timeout=30)
     assert res.returncode != 0 and "web.age_tiers.running" in res.stderr
+
+
+def test_kanban_web_open_hands_the_url_to_the_browser(make_daemon):
+    d = make_daemon(WEB_ON)
+    url = board_url(d)
+    got = os.path.join(d.tmp, "opened")
+    opener = write_script(os.path.join(d.tmp, "browser.sh"), f'#!/bin/sh\nprintf "%s" "$1" > {got}.tmp\nmv {got}.tmp {got}\n')
+    res = d.cli("web", "--open", env={"BROWSER": opener, "DISPLAY": "", "WAYLAND_DISPLAY": ""})
+    assert res.stdout.strip() == url
+    assert wait_for(lambda: os.path.exists(got) and open(got).read(), what="the browser to be started") == url
+
+
+def issue11_test_attachments_upload_and_download(make_daemon):
+    """Depends on issue 11's attachments (``task.attach`` / ``task.attachments``); rename to ``test_…`` at merge,
+    after checking ``daemon/web/app.py`` ``attach_params`` against the final ``task.attach`` params.
+
+    An upload through the web board is stored by the daemon under a sanitised name; the download is an
+    attachment (never rendered inline), named with the stored name, as octet-stream.
+    """
+    d = make_daemon(WEB_ON)
+    hostport, hdrs = session(d)
+    tid = d.cli_json("create", "with a file")["id"]
+    payload = b"<html><script>alert(1)</script></html>"
+    status, _, out = request(hostport, "PUT", f"/api/tasks/{tid}/attachments?name=..%2F..%2Fevil%0A.html",
+                             body=payload, headers=hdrs)
+    assert status == 200, out
+    status, _, out = request(hostport, "POST", "/api/rpc/task.attachments", json.dumps({"id": tid}).encode(), hdrs)
+    items = json.loads(out)
+    items = items.get("attachments", items) if isinstance(items, dict) else items
+    (att,) = items
+    name = att["name"]
+    assert "/" not in name and "\n" not in name and ".." not in name and name
+    quoted = urllib.parse.quote(name)
+    status, headers, body = request(hostport, "GET", f"/api/tasks/{tid}/attachments/{quoted}", headers=hdrs)
+    assert status == 200 and body == payload
+    assert headers["content-disposition"].startswith("attachment;") and name in urllib.parse.unquote(
+        headers["content-disposition"])
+    assert headers["content-type"] == "application/octet-stream" and headers["x-content-type-options"] == "nosniff"
+    status, _, _ = request(hostport, "GET", f"/api/tasks/{tid}/attachments/nope", headers=hdrs)
+    assert status == 404
+    # no token, no file
+    assert request(hostport, "GET", f"/api/tasks/{tid}/attachments/{quoted}")[0] == 401
