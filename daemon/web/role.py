@@ -16,6 +16,8 @@ signal wakeup fd. It never opens the board. It does not run uvicorn's
 second: it starts and stops the server itself, without the Date header that
 tick maintains.
 
+With ``web.listen`` on port 0 the role first tries the port it had last time
+(``<state_dir>/web.port``), so URLs and open pages survive its restarts.
 A bind failure is reported in a heartbeat (``error``) and the role exits 1;
 the supervisor retries with backoff and shows the error in ``daemon.status``.
 A reload that changes ``web.listen``, ``web.allow_remote`` or ``web.token_file``
@@ -142,7 +144,7 @@ class WebRole:
         self.token_file = token_path(self.cfg, self.ctx.paths)
         try:
             token = load_token(self.token_file)
-            sock = bind(web["listen"])
+            sock = self.bind_remembered(web["listen"])
         except (OSError, ValueError) as exc:
             self.error = str(exc)
             log.error("web.bind_failed", listen=web["listen"], token_file=self.token_file, error=self.error)
@@ -164,6 +166,26 @@ class WebRole:
         self.listen, self.url = hostport, f"http://{shown}/"
         log.info("web.listening", listen=hostport, url=self.url, token_file=self.token_file)
         return True
+
+    def bind_remembered(self, listen: str) -> socket.socket:
+        """Bind ``listen``; with port 0, the port this board had last time first, so an open page and a
+        URL handed out survive a restart of the role or the daemon (``<state_dir>/web.port``)."""
+        host, port = config_mod.parse_listen(listen)
+        memo = os.path.join(self.ctx.paths["state_dir"], "web.port")
+        if port == 0:
+            try:
+                with open(memo) as f:
+                    last = int(f.read().split()[0])
+                return bind(f"[{host}]:{last}" if ":" in host else f"{host}:{last}")
+            except (OSError, ValueError, IndexError):
+                pass  # none yet, or taken meanwhile: any free port
+        sock = bind(listen)
+        if port == 0:
+            tmp = f"{memo}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(f"{sock.getsockname()[1]}\n")
+            os.replace(tmp, memo)
+        return sock
 
     async def unserve(self) -> None:
         self.hub.close()

@@ -9,6 +9,7 @@ Screenshots go to ``.artifacts/screenshots/`` (``docs/img/`` has copies for the 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,24 @@ def test_cli_changes_show_without_reload(make_daemon, page):
     d.cli("edit", tid, "--title", "renamed in the shell")
     expect(card(page, tid).locator(".title")).to_have_text("renamed in the shell")
     assert page.evaluate("window.__same_page") == 1, "the page was reloaded"
+
+
+def test_page_rides_out_restarts_of_the_dispatcher_and_the_web_role(make_daemon, page):
+    d = make_daemon(WEB_ON)
+    open_board(d, page)
+    page.evaluate("window.__same_page = 1")
+    pids = d.role_pids()
+    os.kill(pids["dispatcher"], signal.SIGKILL)
+    wait_for(lambda: d.role_pids()["dispatcher"] != pids["dispatcher"], what="a new dispatcher")
+    one = new(d, "after the dispatcher restart")
+    expect(card(page, one)).to_have_count(1)
+    os.kill(pids["web"], signal.SIGKILL)
+    expect(page.locator("#banner")).to_be_visible()
+    wait_for(lambda: d.role_pids().get("web") not in (None, pids["web"]), what="a new web role")
+    two = new(d, "after the web role restart")
+    expect(card(page, two)).to_have_count(1)  # same address (web.port): the page reconnected by itself
+    expect(page.locator("#banner")).to_be_hidden()
+    assert page.evaluate("window.__same_page") == 1
 
 
 def test_drawer_shows_a_running_tasks_live_log_and_the_workers_completion(make_daemon, page):
