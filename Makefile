@@ -1,13 +1,17 @@
 # kanband: two commands on a fresh machine.
 #   make run   create .venv, install, start the daemon in the foreground (your real XDG board, example
 #              profiles); extra kanband arguments in ARGS, e.g. ARGS="--state-dir $(mktemp -d) --socket /tmp/k.sock"
-#   make test  create .venv, install, run the whole test suite
+#   make test  create .venv, install, run the whole test suite (installs Chromium for the web
+#              board's browser tests, and zsh and fish for the completion tests, when they are
+#              missing and we may: root, or passwordless sudo for Chromium)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench docs clean check-config compile shells
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: run test bench docs clean check-config compile shells browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +37,22 @@ shells:
 	  apt-get install -y -q zsh fish >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q zsh fish >/dev/null; }; \
 	else echo "the shell completion tests need zsh and fish: sudo apt-get install -y zsh fish"; fi
 
-test: compile shells
+# The browser tests drive Debian's Chromium through Playwright; Playwright never downloads a browser.
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make test: the web board's browser tests need Chromium at $(CHROMIUM); install your system's chromium package" >&2; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "make test: installing chromium (apt-get) for the browser tests" >&2; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		echo "make test: installing chromium (sudo apt-get) for the browser tests" >&2; \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "make test: the web board's browser tests need Chromium; run:  sudo apt-get install -y chromium" >&2; exit 1; \
+	fi
+
+test: compile shells browser
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: compile

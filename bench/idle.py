@@ -8,8 +8,11 @@ percentage of one core (on-CPU nanoseconds from ``/proc/PID/task/*/schedstat``),
 and PSS (psutil ``memory_full_info().pss``, summed)
 is sampled at the end of each slice.
 
+The processes are the supervisor and every role on production defaults,
+the web board's role included (web.enabled is on by default; no page open).
+
 Baselines: the issue names none, so each row's ratio is against its budget
-(CPU 0.1% of a core, PSS 100 MB total): ratio <= 1 meets the target. A
+(CPU 0.1% of a core, PSS 130 MB total with the web role): ratio <= 1 meets the target. A
 context row measures, in the same run, the PSS of the same number of bare
 ``python3`` interpreters idling in ``select()`` (the floor of one process
 per role).
@@ -104,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         common.row("CPU, all daemon processes", "% of a core", cpu_pct, 0.1, "budget: 0.1% of one core",
                    common.Target("ratio_max", 1.0, "<= 0.1%")),
-        common.row("PSS, all daemon processes", "MB", mem, 100.0, "budget: 100 MB",
-                   common.Target("ratio_max", 1.0, "<= 100 MB")),
+        common.row("PSS, all daemon processes", "MB", mem, 130.0, "budget: 130 MB (with the web role)",
+                   common.Target("ratio_max", 1.0, "<= 130 MB")),
         common.row("PSS vs bare interpreters", "MB", mem, floor,
                    f"{len(procs)} bare python3 processes idling in select(), same run"),
     ]

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
 
-BENCHES = ("cli", "rpc_read", "rpc_write", "dispatch_latency", "throughput", "fanout", "idle", "scale", "restart")
+BENCHES = ("cli", "rpc_read", "rpc_write", "dispatch_latency", "throughput", "fanout", "idle", "scale", "restart", "web")
 
 
 def markdown(doc: dict) -> str:

@@ -73,6 +73,8 @@ def cli_options(verb: str) -> tuple[tuple[tuple[str, ...], str, str], ...]:
     if found is not None and found[0].name in PAGED:
         opts = (*opts, (("--all",), "all", ALL_HELP))
     return opts
+#: Declared params the client acts on itself and does not send (``kanban web --open``).
+CLIENT_ONLY = {"web.url": {"open"}}
 
 
 class UsageError(Exception):
@@ -668,7 +670,8 @@ def run(argv: list[str]) -> int:
                                    resend=resendable(method, params))
         else:
             with Client(path, timeout=None if ns._method in UNBOUNDED else 30.0) as client:
-                result = client.call(ns._method, params)
+                result = client.call(ns._method, {k: v for k, v in params.items()
+                                                  if k not in CLIENT_ONLY.get(ns._method, ())})
     except ConnectError as exc:  # not running, an untrusted server, a socket path too long
         if ns._verb == "init" and isinstance(exc, NotRunning) and not as_json:
             init_not_running(path, getattr(ns, "board", None))
@@ -691,6 +694,9 @@ def run(argv: list[str]) -> int:
     if refused and not as_json:  # the daemon answered, but kept its old config: an error line, exit 1
         fail(False, "reload_refused", f"kanban: {FORMATTERS['reload'](scrub(result), False)}")
         return 1
+    if ns._method == "web.url" and params.get("open"):
+        import webbrowser  # only here: it imports a lot
+        webbrowser.open(result["url"])
     if as_json:
         print(json.dumps(result, indent=None, separators=(",", ":")))
     elif "quiet" in switches:

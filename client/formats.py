@@ -286,7 +286,15 @@ def fmt_status(r: dict, color: bool) -> str:
     rows = [[x["name"], str(x.get("pid") or "-"), x.get("state", "?"), str(x.get("restarts", 0)),
              (dur(x["heartbeat_age"]) + " ago") if x.get("heartbeat_age") is not None else "-"]
             for x in r["roles"]]
+    for row, x in zip(rows, r["roles"]):
+        if x.get("essential") is False:
+            row[0] += " (optional)"
+        if x.get("error") and x.get("state") != "ok":
+            row[2] += f": {x['error']}"
     lines.append(table(rows, ["role", "pid", "state", "restarts", "heartbeat"]))
+    web = next((x for x in r["roles"] if x["name"] == "web"), None)
+    if web and web.get("url"):
+        lines.append(f"web board: {web['url']} (`kanban web` prints it with the token)")
     if r.get("flapping"):
         lines.append(f"FLAPPING: {', '.join(r['flapping'])}")
     c = r.get("containment")
@@ -609,5 +617,6 @@ FORMATTERS = {
     "unlink": lambda r, c: f"unlinked {r['parent']} -> {r['child']} (child is {r['child_status']})",
     "attach": fmt_attach, "attachments": fmt_attachments, "gc": fmt_gc,
     "detach": lambda r, c: f"detached {r['name']} from {r['task']} ({human_size(r['size'])})",
+    "web": lambda r, c: r["url"],
     "heartbeat": lambda r, c: f"claim on {r['task']} extended until {time.strftime('%H:%M:%S', time.localtime(r['claim_expires']))}",
 }

@@ -771,6 +771,13 @@ _METHOD_LIST: tuple[Method, ...] = (
         errors=("not_found", "illegal_transition", "stale_token", "permission_denied"), writes=True,
         verb="request-changes",
     ),
+    # ---- web board ----------------------------------------------------------
+    Method(
+        "web.url", "The web board's URL, with its access token (--open: also open it in a browser)",
+        params=(_p("open", "bool", "client side: open the URL in the default browser (the daemon ignores it)"),),
+        result="{url, base, listen, token_file, state}",
+        errors=("unavailable", "permission_denied"), verb="web",
+    ),
     # ---- internal: daemon roles talking to the dispatcher -------------------
     Method(
         "reaper.attach", "The reaper announces itself; the dispatcher answers with the active runs",

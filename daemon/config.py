@@ -145,6 +145,18 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "flap_restarts": Field("int", 5, "restarts within flap_window that count as flapping"),
         "flap_window": Field("duration", 60.0, "window for flap detection"),
     },
+    "web": {
+        "enabled": Field("bool", True, "run the web board (the `web` role); `kanban web` prints its URL"),
+        "listen": Field("str", "127.0.0.1:0", "HOST:PORT the web board listens on; port 0 picks a free port "
+                        "(reported by `kanban status` and `kanban web`)"),
+        "allow_remote": Field("bool", False, "allow a web.listen address that is not loopback"),
+        "token_file": Field("str", None, "file holding the web board's access token (created 0600); default "
+                            "<state_dir>/web.token", nullable=True),
+        "age_tiers": Field("dict", {"running": [600.0, 3600.0], "ready": [3600.0, 86400.0],
+                                    "todo": [604800.0, 2592000.0], "blocked": [3600.0, 86400.0]},
+                           "card age colours per status: [amber, red] durations in the status (e.g. running: [10m, 60m]); "
+                           "statuses not named keep their default"),
+    },
     "notify": {
         "max_failures": Field("int", 5, "consecutive failures before a sink is paused (0: never pause)"),
         "backoff_initial": Field("duration", 1.0, "first retry delay after a failed delivery"),
@@ -460,10 +472,59 @@ def load(path: str | os.PathLike | None) -> dict[str, Any]:
                           f"({sup['heartbeat_stale']:g}s <= {sup['heartbeat_interval']:g}s)")
     if sup["role_timeout"] <= sup["heartbeat_interval"]:
         raise ConfigError(f"{path}: supervisor.role_timeout: must be longer than supervisor.heartbeat_interval")
+    _check_web(cfg["web"], path)
     da = cfg["dispatch"]["default_assignee"]
     if da is not None and da not in cfg["profiles"]:
         raise ConfigError(f"{path}: dispatch.default_assignee: no profile named {da!r}")
     return cfg
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) -> ``(host, port)``.
+
+    Raises:
+        ValueError: Not HOST:PORT, or the port is not 0-65535.
+    """
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$", value) or re.match(r"^([^:\[\]\s]+):(\d+)$", value)
+    if not m or int(m.group(2)) > 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:0, [::1]:8080)")
+    return m.group(1), int(m.group(2))
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_web(web: dict[str, Any], path: Path) -> None:
+    try:
+        host, _ = parse_listen(web["listen"])
+    except ValueError as exc:
+        raise ConfigError(f"{path}: web.listen: {exc}") from None
+    if not is_loopback(host) and not web["allow_remote"]:
+        raise ConfigError(f"{path}: web.listen: {host} is not a loopback address; the board is the operator's "
+                          "hand, so set web.allow_remote: true to listen there on purpose")
+    tiers = copy.deepcopy(SCHEMA["web"]["age_tiers"].default)  # a status the file does not name keeps its default
+    for status, pair in web["age_tiers"].items():
+        where = f"{path}: web.age_tiers.{status}"
+        if status not in ("triage", "todo", "ready", "running", "blocked", "review", "scheduled", "done"):
+            raise ConfigError(f"{where}: unknown status")
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ConfigError(f"{where}: must be [amber, red], two durations")
+        try:
+            amber, red = parse_duration(pair[0]), parse_duration(pair[1])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if red < amber:
+            raise ConfigError(f"{where}: red ({red:g}s) must not come before amber ({amber:g}s)")
+        tiers[status] = [amber, red]
+    web["age_tiers"] = tiers
 
 
 def render_markdown() -> str:

@@ -253,6 +253,30 @@ def daemon_status(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
             "board_name": d.paths.get("board_name") or None}
 
 
+@handler("web.url")
+def web_url(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    """The web role reports its address in its heartbeat; the token is read from its file here.
+
+    Refused to workers: the URL carries the operator's token, and the board acts with full rights.
+    """
+    if ctx.disp.scope(ctx.client)[0] not in ("operator", "role"):
+        raise RPCError("permission_denied", "web.url: the web board's token is for the operator, not for workers",
+                       method="web.url")
+    web = ctx.disp.roles_snapshot.get("web")
+    if web is None:
+        raise RPCError("unavailable", "the web board is off (web.enabled: false)")
+    if not web.get("url"):
+        why = web.get("error") or f"the web role is {web.get('state', 'starting')}"
+        raise RPCError("unavailable", f"the web board is not listening: {why}", state=web.get("state"))
+    try:
+        with open(web["token_file"]) as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise RPCError("unavailable", f"cannot read the web token {web['token_file']}: {exc.strerror}") from None
+    return {"url": f"{web['url']}?token={token}", "base": web["url"], "listen": web.get("listen"),
+            "token_file": web["token_file"], "state": web.get("state")}
+
+
 @handler("dispatch.run")
 def dispatch_run(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     result = ctx.disp.dispatch_pass(ctx.db, ctx.now, dry_run=bool(p.get("dry_run")))

@@ -39,14 +39,20 @@ class RoleSpec:
 
     Attributes:
         entry: ``module:function`` called with a :class:`RoleContext` in the child.
-        restart: ``always``: restarted whenever it dies, with backoff. Every
-            role is essential (the daemon is unhealthy while one is down), so
-            no other policy is accepted.
+        restart: ``always``: restarted whenever it dies, with backoff; no other
+            policy is accepted.
         order: Start order (low first); shutdown goes in ``stop_order``.
         stop_order: Shutdown order (low first).
         stop_timeout: Seconds to wait after SIGTERM before SIGKILL.
         hang_timeout: Seconds without a heartbeat before the role is killed
             and restarted; ``None`` means ``supervisor.role_timeout``.
+        essential: The daemon is unhealthy while this role is down, hung or
+            flapping (no ``READY=1`` before it checked in, no ``WATCHDOG=1``).
+            A non-essential role is restarted with the same backoff and shown
+            in ``daemon.status`` and ``STATUS=``, but never holds up READY or
+            the watchdog: the board keeps dispatching without it.
+        enabled_by: Dotted config key (``web.enabled``) that turns the role on;
+            ``None``: always on. A disabled role is not forked and not shown.
     """
 
     entry: str
@@ -55,6 +61,8 @@ class RoleSpec:
     stop_order: int
     stop_timeout: float
     hang_timeout: float | None = None
+    essential: bool = True
+    enabled_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.restart != "always":
@@ -62,10 +70,20 @@ class RoleSpec:
 
 
 ROLES: dict[str, RoleSpec] = {
-    "dispatcher": RoleSpec("daemon.dispatcher:run", "always", order=0, stop_order=2, stop_timeout=10.0),
-    "reaper": RoleSpec("daemon.reaper:run", "always", order=1, stop_order=1, stop_timeout=30.0),
-    "notifier": RoleSpec("daemon.notifier:run", "always", order=2, stop_order=0, stop_timeout=10.0),
+    "dispatcher": RoleSpec("daemon.dispatcher:run", "always", order=0, stop_order=3, stop_timeout=10.0),
+    "reaper": RoleSpec("daemon.reaper:run", "always", order=1, stop_order=2, stop_timeout=30.0),
+    "notifier": RoleSpec("daemon.notifier:run", "always", order=2, stop_order=1, stop_timeout=10.0),
+    "web": RoleSpec("daemon.web.role:run", "always", order=3, stop_order=0, stop_timeout=5.0, essential=False,
+                    enabled_by="web.enabled"),
 }
+
+
+def enabled(spec: RoleSpec, cfg: dict[str, Any]) -> bool:
+    """Whether ``cfg`` turns the role on (see ``RoleSpec.enabled_by``)."""
+    if spec.enabled_by is None:
+        return True
+    section, key = spec.enabled_by.split(".")
+    return bool(cfg[section][key])
 
 
 @dataclasses.dataclass

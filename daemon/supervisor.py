@@ -6,8 +6,10 @@ It takes the flock and the pidfile, binds the socket, becomes a child
 subreaper, forks the roles from ``ROLES``, and then loops: it reads role
 heartbeats, restarts dead or hung roles with exponential backoff and jitter,
 detects flapping, reaps orphaned worker wrappers, and keeps systemd informed
-(``READY=1``, ``WATCHDOG=1`` only while every role is healthy, ``STATUS=``,
-``RELOADING=1``, ``STOPPING=1``). Signal handlers only enqueue (a wakeup fd);
+(``READY=1``, ``WATCHDOG=1`` only while every essential role is healthy,
+``STATUS=``, ``RELOADING=1``, ``STOPPING=1``). A non-essential role (the web
+board) is supervised the same way but its state never holds up READY or the
+watchdog; a role turned off in the config (``RoleSpec.enabled_by``) is not run. Signal handlers only enqueue (a wakeup fd);
 the loop does the work.
 
 Before anything else it checks the files: every directory it uses
@@ -66,6 +68,7 @@ class RoleState:
     history: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=64))
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     killed_hung: bool = False
+    last_error: str | None = None   # the role's own account of why it is not ready; kept across restarts
 
 
 class Supervisor:
@@ -240,6 +243,11 @@ class Supervisor:
             return
         sup = self.cfg["supervisor"]
         lived = now - r.started
+        if not self.enabled(r):  # turned off by a reload: it was asked to stop
+            log.info("role.stopped", name=r.name, child_pid=old_pid, exit=code, reason="disabled")
+            self.flapping.discard(r.name)
+            self.next_snapshot = 0.0
+            return
         r.failures = 1 if lived >= sup["backoff_reset"] else r.failures + 1
         delay = backoff_delay(r.failures, sup["backoff_initial"], sup["backoff_max"], self.rng)
         r.restarts += 1
@@ -279,6 +287,10 @@ class Supervisor:
                     if not ready:
                         r.unready_since = now
                     self.next_snapshot = 0.0
+                if msg.get("error"):
+                    r.last_error = str(msg["error"])
+                elif ready:
+                    r.last_error = None
                 if ready and not r.checked_in:
                     r.checked_in = True
                     log.info("role.checked_in", name=r.name, child_pid=r.pid,
@@ -301,26 +313,34 @@ class Supervisor:
             else:  # an orphaned worker wrapper; its .exit file carries the truth
                 log.info("orphan.reaped", child_pid=pid, exit=os.waitstatus_to_exitcode(status))
 
+    def enabled(self, r: RoleState) -> bool:
+        return roles.enabled(r.spec, self.cfg)
+
     def check_health(self, now: float) -> bool:
-        """Start roles whose backoff has elapsed, kill hung ones; True if every role is healthy.
+        """Start roles whose backoff has elapsed, kill hung ones; True if every essential role is healthy.
 
         Healthy means: alive, a heartbeat fresher than ``heartbeat_stale``, not
         stuck un-ready for longer than that, not un-ready with an ``error`` (at
-        once: the dispatcher on a damaged board), and no role flapping.
+        once: the dispatcher on a damaged board), and not flapping. A
+        non-essential role is restarted and killed when hung like the others,
+        but its health does not count.
         """
         sup = self.cfg["supervisor"]
         stale = sup["heartbeat_stale"]
         healthy = True
         for r in self.roles.values():
             if r.pid is None:
-                healthy = False
+                if not self.enabled(r):
+                    continue
+                healthy = healthy and not r.spec.essential
                 if not self.stopping and now >= r.next_start:
                     self.fork_role(r)
                 continue
             if now - r.last_hb > stale and r.channel is not None:
                 self.on_role_message(r)  # we may be the slow one: read what is queued before judging
             silent = now - r.last_hb
-            if silent > stale or (not r.ready and (now - r.unready_since > stale or r.info.get("error"))):
+            if r.spec.essential and (silent > stale or (not r.ready and (now - r.unready_since > stale
+                                                                         or r.info.get("error")))):
                 healthy = False
             timeout = r.spec.hang_timeout if r.spec.hang_timeout is not None else sup["role_timeout"]
             if silent > timeout and not r.killed_hung:
@@ -336,7 +356,7 @@ class Supervisor:
                 self.flapping.discard(name)
                 self.next_snapshot = 0.0
                 log.info("role.flapping_ended", name=name)
-        return healthy and not self.flapping
+        return healthy and not any(self.roles[n].spec.essential for n in self.flapping)
 
     def role_snapshot(self, now: float | None = None) -> dict[str, Any]:
         """Per-role state for ``daemon.status`` and the STATUS= line.
@@ -349,6 +369,8 @@ class Supervisor:
         stale = self.cfg["supervisor"]["heartbeat_stale"]
         out = {}
         for r in self.roles.values():
+            if r.pid is None and not self.enabled(r):
+                continue  # turned off in the config: not part of this daemon
             if r.pid is None:
                 state = "flapping" if r.name in self.flapping else "restarting"
             elif now - r.last_hb > stale:
@@ -358,7 +380,10 @@ class Supervisor:
             else:
                 state = "flapping" if r.name in self.flapping else "ok"
             out[r.name] = {**r.info, "pid": r.pid, "state": state, "restarts": r.restarts,
-                           "last_heartbeat": r.last_hb_wall, "started_at": r.started_wall}
+                           "last_heartbeat": r.last_hb_wall, "started_at": r.started_wall,
+                           "essential": r.spec.essential}
+            if r.last_error and state != "ok":
+                out[r.name]["error"] = r.last_error
         return out
 
     def send_snapshot(self, now: float) -> dict[str, Any]:
@@ -379,8 +404,12 @@ class Supervisor:
     def update_status(self, snapshot: dict[str, Any]) -> None:
         s = self.summary
         board = f"{s.get('running', 0)} running, {s.get('ready', 0)} ready, {s.get('blocked', 0)} blocked"
-        line = board + "; " + ", ".join(f"{n} {v['state']}" + (f" ({v['error']})" if v.get("error") else "")
-                                        for n, v in snapshot.items())
+        def state(n: str, v: dict[str, Any]) -> str:
+            return f"{n} {v['state']}" + (f" ({v['error']})" if v.get("error") else "")
+        line = board + "; " + ", ".join(state(n, v) for n, v in snapshot.items() if v["essential"])
+        optional = [state(n, v) for n, v in snapshot.items() if not v["essential"]]
+        if optional:  # shown, but never a reason to withhold WATCHDOG=1
+            line += "; optional: " + ", ".join(optional)
         if line != self.status_line:
             self.status_line = line
             self.notify(f"STATUS={line}")
@@ -426,6 +455,14 @@ class Supervisor:
         for r in self.roles.values():
             if r.channel is not None:
                 roles.send(r.channel, {"t": "config", "cfg": wire})
+            if r.pid is not None and not self.enabled(r):
+                log.info("role.disabled", name=r.name, child_pid=r.pid, key=r.spec.enabled_by)
+                try:
+                    os.kill(r.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            elif r.pid is None and self.enabled(r) and r.next_start == 0.0:
+                log.info("role.enabled", name=r.name, key=r.spec.enabled_by)
         log.info("config.reloaded", file=new.get("_file"), profiles=sorted(new["profiles"]), origin=origin)
         self.last_reload = {**outcome, "file": new.get("_file") or path, "result": "applied", "error": None}
         self.next_snapshot = 0.0
@@ -484,14 +521,16 @@ class Supervisor:
         self.sel.register(rsock, selectors.EVENT_READ, ("sig", None))
         try:
             for r in self.roles.values():
-                self.fork_role(r)
+                if self.enabled(r):
+                    self.fork_role(r)
             while True:
                 now = time.monotonic()
                 healthy = self.check_health(now)
                 if healthy != self.healthy:  # STATUS= follows at once, computed from the same instant
                     self.healthy = healthy
                     self.next_snapshot = 0.0
-                if not self.sent_ready and all(r.pid and r.ready for r in self.roles.values()):
+                if not self.sent_ready and all(r.pid and r.ready for r in self.roles.values()
+                                               if r.spec.essential and self.enabled(r)):
                     self.sent_ready = True
                     self.send_snapshot(now)  # daemon.status already shows every role ok when READY lands
                     self.notify("READY=1")
@@ -503,7 +542,7 @@ class Supervisor:
                         self.notify("WATCHDOG=1")
                     self.next_wd = now + self.watchdog / 2
                 timeout = min(self.next_snapshot, self.next_wd if self.watchdog else now + 1.0) - now
-                pending = [r.next_start for r in self.roles.values() if r.pid is None]
+                pending = [r.next_start for r in self.roles.values() if r.pid is None and self.enabled(r)]
                 if pending:
                     timeout = min(timeout, min(pending) - now)
                 for key, _ in self.sel.select(max(0.0, min(timeout, 1.0))):

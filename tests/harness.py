@@ -42,6 +42,9 @@ FAST = {
                    "backoff_initial": "0.05s", "backoff_max": "1s"},
     "dispatch": {"tick": "0.5s", "kill_grace": "1s", "crash_grace": "1s", "retry_backoff": "0.05s",
                  "retry_backoff_max": "0.2s"},
+    # The web board is on by default; tests that need it turn it on (tests/integration/test_web*.py),
+    # the others are spared a fourth process per daemon on a 2-core machine.
+    "web": {"enabled": False},
 }
 
 

@@ -427,7 +427,8 @@ def test_check_config_accepts_good_and_missing_files(make_daemon):
 
 # ---- the client stays small -------------------------------------------------------------------
 
-FORBIDDEN = ("daemon", "yaml", "structlog", "psutil", "setproctitle", "sdnotify", "sqlite3", "_sqlite3")
+FORBIDDEN = ("daemon", "yaml", "structlog", "psutil", "setproctitle", "sdnotify", "sqlite3", "_sqlite3",
+             "starlette", "uvicorn", "asyncio")
 
 _PROBE = """
 import json, os, sys
@@ -445,7 +446,7 @@ with open(os.environ["PROBE_OUT"], "w") as f:
 @pytest.mark.parametrize("argv", [["list"], ["show", "t_0badcafe"], ["create", "--json", "probe"], ["--help"],
                                   ["list", "--bogus-flag"], ["completion", "bash"], ["completion", "--values", "task"],
                                   ["--version"], ["log", "t_0badcafe", "-f"], ["list", "--since", "1h", "-q"],
-                                  ["runs", "t_0badcafe"]])
+                                  ["runs", "t_0badcafe"], ["web"]])
 def test_client_imports_no_daemon_code(d, argv, tmp_path):
     out = tmp_path / "mods.json"
     env = d.env({"PROBE_OUT": str(out)})

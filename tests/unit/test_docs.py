@@ -41,12 +41,13 @@ def outcomes_markdown() -> str:
 
 def roles_markdown() -> str:
     """``daemon.roles.ROLES`` as a Markdown table."""
-    rows = ["| role | entry | restart | start order | stop order | stop timeout | hang timeout |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| role | entry | restart | essential | start order | stop order | stop timeout | hang timeout |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, spec in roles.ROLES.items():
         hang = getattr(spec, "hang_timeout", None)
         hang_text = f"{hang:g} s" if hang is not None else "`supervisor.role_timeout`"
-        rows.append(f"| `{name}` | `{spec.entry}` | {spec.restart} | {spec.order} | {spec.stop_order} | "
+        essential = "yes" if spec.essential else f"no (on with `{spec.enabled_by}`)"
+        rows.append(f"| `{name}` | `{spec.entry}` | {spec.restart} | {essential} | {spec.order} | {spec.stop_order} | "
                     f"{spec.stop_timeout:g} s | {hang_text} |")
     return "\n".join(rows) + "\n"
 

@@ -61,7 +61,7 @@ def test_flapping_counts_restarts_inside_the_window_only():
 
 
 def test_roles_table_is_complete_and_resolvable():
-    assert set(roles.ROLES) == {"dispatcher", "reaper", "notifier"}
+    assert set(roles.ROLES) == {"dispatcher", "reaper", "notifier", "web"}
     orders = [s.order for s in roles.ROLES.values()]
     stops = [s.stop_order for s in roles.ROLES.values()]
     assert len(set(orders)) == len(orders) and len(set(stops)) == len(stops)
@@ -71,6 +71,17 @@ def test_roles_table_is_complete_and_resolvable():
         assert callable(roles.resolve(spec.entry)), name
         assert spec.restart == "always" and spec.stop_timeout > 0
         assert spec.hang_timeout is None or spec.hang_timeout > 0
+
+
+def test_only_the_web_role_is_optional_and_it_follows_web_enabled():
+    assert {n for n, s in roles.ROLES.items() if not s.essential} == {"web"}
+    assert roles.ROLES["web"].enabled_by == "web.enabled"
+    by_stop = sorted(roles.ROLES, key=lambda n: roles.ROLES[n].stop_order)
+    assert by_stop[0] == "web", "the web board stops first: nobody steers a board that is shutting down"
+    cfg = config_mod.defaults()
+    assert all(roles.enabled(s, cfg) for s in roles.ROLES.values())
+    cfg["web"]["enabled"] = False
+    assert {n for n, s in roles.ROLES.items() if not roles.enabled(s, cfg)} == {"web"}
 
 
 def test_role_spec_refuses_unknown_restart_policy():
