@@ -295,6 +295,17 @@ def _end_tree_now(cgroup: str | None) -> None:
             time.sleep(0.01)
 
 
+def _spawn_failed(exit_path: str, report: int, msg: str) -> None:
+    """In the wrapper: record why the run could not start (if the disk lets us), tell the reaper, exit.
+    No process of the run is left by then. Never returns."""
+    try:
+        write_json_atomic(exit_path, {"spawn_error": msg, "ended_at": time.time()})
+    except OSError:
+        pass
+    os.write(report, b"err " + msg.encode())
+    os._exit(127)
+
+
 def _wrapper(run_id: str, argv: list[str], env: dict[str, str], cwd: str, logfd: int, report: int, lockfd: int,
              pid_path: str, exit_path: str, cgroup: str | None, kill_grace: float) -> None:
     """The body of the forked wrapper process. Never returns.
@@ -334,26 +345,15 @@ def _wrapper(run_id: str, argv: list[str], env: dict[str, str], cwd: str, logfd:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=devnull, stdout=logfd, stderr=logfd,
                                     close_fds=True, restore_signals=True, preexec_fn=in_child)
         except (OSError, subprocess.SubprocessError) as exc:
-            msg = f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
-            try:
-                write_json_atomic(exit_path, {"spawn_error": msg, "ended_at": time.time()})
-            except OSError:
-                pass
-            os.write(report, b"err " + msg.encode())
-            os._exit(127)
+            _spawn_failed(exit_path, report, f"cannot start {argv[0]!r}: {getattr(exc, 'strerror', None) or exc}")
         exec_at = time.time()  # Popen returns once exec succeeded (its error pipe closed on exec)
         try:
             write_json_atomic(pid_path, {"pid": os.getpid(), "start_time": me.create_time(), "worker_pid": proc.pid,
                                          "exec_at": exec_at, "cgroup": cgroup})
         except OSError as exc:
             _end_tree_now(cgroup)
-            msg = f"cannot record the run after its worker started ({exc.strerror or exc}); worker killed"
-            try:
-                write_json_atomic(exit_path, {"spawn_error": msg, "ended_at": time.time()})
-            except OSError:
-                pass
-            os.write(report, b"err " + msg.encode())
-            os._exit(127)
+            _spawn_failed(exit_path, report,
+                          f"cannot record the run after its worker started ({exc.strerror or exc}); worker killed")
         try:
             os.write(report, f"ok {proc.pid} {exec_at!r}".encode())
         except OSError:  # EPIPE: the reaper died since the fork; the pid file and the lock tell the next one

@@ -102,6 +102,35 @@ def relay_command(tmp: str, name: str = "relay") -> tuple[list[str], str]:
     return ["/bin/sh", "-c", f'exec {sys.executable} {script} "{path}"'], path
 
 
+def drain_pty(master: int) -> bytes:
+    """Read a pseudo-terminal's master side until every writer closed its end (EIO), then close it."""
+    out = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed its end
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+    return out
+
+
+def on_tty(d: "Daemon", *args: str, env: dict[str, str] | None = None) -> str:
+    """Run ``kanban ARGS`` with stdout on a pseudo-terminal; returns what it printed (exit 0 asserted)."""
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen([KANBAN, *args], stdout=slave, stderr=subprocess.PIPE, env=d.env(env), cwd=d.tmp)
+    os.close(slave)
+    out = drain_pty(master)
+    assert p.wait(20) == 0, p.stderr.read()
+    p.stderr.close()
+    return out.decode()
+
+
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():

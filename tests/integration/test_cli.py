@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import select
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import time
 
 import pytest
 
-from tests.harness import FAST, KANBAN, KANBAND, REPO, Daemon, wait_for, write_script
+from tests.harness import FAST, KANBAN, KANBAND, REPO, Daemon, on_tty, wait_for, write_script
 
 NOT_RUNNING = ("kanband is not running (no socket at {}); start it with `kanband` or "
                "`systemctl --user start kanband`")
@@ -196,31 +195,10 @@ def test_human_stats_table(d):
     assert blocks[-1].startswith("total ")
 
 
-def _on_tty(d, *args, env=None) -> str:
-    master, slave = pty.openpty()
-    p = subprocess.Popen([KANBAN, *args], stdout=slave, stderr=subprocess.PIPE, env=d.env(env), cwd=d.tmp)
-    os.close(slave)
-    out = b""
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(master)
-    assert p.wait(20) == 0, p.stderr.read()
-    p.stderr.close()
-    return out.decode()
-
-
 def test_colour_only_on_a_tty_and_never_with_no_color(d):
     js(d, "create", "colourful")
-    assert "\033[" in _on_tty(d, "list")
-    assert "\033[" not in _on_tty(d, "list", env={"NO_COLOR": "1"})
+    assert "\033[" in on_tty(d, "list")
+    assert "\033[" not in on_tty(d, "list", env={"NO_COLOR": "1"})
     assert "\033[" not in d.cli("list").stdout
     assert "\033[" not in d.cli("stats").stdout and "\033[" not in d.cli("status").stdout
 
@@ -231,7 +209,7 @@ def test_show_children_stay_aligned_in_colour(d):
     c1 = js(d, "create", "kid one", "--parent", p["id"])
     c2 = js(d, "create", "kid two", "--parent", p["id"])
     js(d, "block", c2["id"], "--reason", "x")
-    for out in (_on_tty(d, "show", p["id"]), d.cli("show", p["id"]).stdout):
+    for out in (on_tty(d, "show", p["id"]), d.cli("show", p["id"]).stdout):
         plain = re.sub(r"\033\[[0-9;]*m", "", out).replace("\r\n", "\n")
         lines = plain.splitlines()
         one = next(ln for ln in lines if c1["id"] in ln)

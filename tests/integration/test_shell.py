@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from tests.harness import BIN, FAST, KANBAN, REPO, Daemon, wait_for, write_script
+from tests.harness import BIN, FAST, KANBAN, REPO, Daemon, drain_pty, wait_for, write_script
 
 
 @pytest.fixture(scope="module")
@@ -322,18 +322,7 @@ def on_pty(d, args: list[str], env: dict | None = None, rows: int = 20, cols: in
     if stdin is not None:
         p.stdin.write(stdin)
         p.stdin.close()
-    out = b""
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: every writer closed its end
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(master)
+    out = drain_pty(master)
     return p.wait(30), out.decode(errors="replace").replace("\r\n", "\n")
 
 

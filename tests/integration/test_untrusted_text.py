@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import FAST, KANBAN, KANBAND, Daemon, merge, wait_for, write_script
+from tests.harness import FAST, KANBAN, KANBAND, Daemon, merge, on_tty, wait_for, write_script
 
 HOSTILE = "evil\x1b]0;pwned\x07\x1b[2J\nforged line\r\tx\x9b31m\u202edrow $(touch {x}) `id` '\"; {kind}"
 
@@ -53,28 +52,6 @@ with open({str(out)!r}, "a") as f:
     finally:
         dm.cleanup()
     assert not dm.ours(), f"processes left running: {dm.ours()}"
-
-
-def on_tty(d, *args: str) -> str:
-    """Run ``kanban ARGS`` with stdout on a pseudo-terminal; returns what it printed."""
-    master, slave = pty.openpty()
-    p = subprocess.Popen([KANBAN, *args], stdout=slave, stderr=subprocess.PIPE, env=d.env(), cwd=d.tmp)
-    os.close(slave)
-    out = b""
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(master)
-    assert p.wait(20) == 0, p.stderr.read()
-    p.stderr.close()
-    return out.decode()
 
 
 def no_raw_controls(text: str) -> None:
