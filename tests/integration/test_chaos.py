@@ -551,7 +551,8 @@ def check_invariants(d, ids: list[str], out: Path, chaos: Chaos, context: str) -
     except AssertionError:
         raise AssertionError(f"{context}: run files left: {sorted(os.listdir(Path(d.state, 'runs')))}") from None
     outcomes = collections.Counter(r["outcome"] for r in all_runs)
-    lost_why = collections.Counter(r["error"] for r in all_runs if r["outcome"] == "lost")
+    lost_why = collections.Counter(re.sub(r"pid \d+", "pid N", r["error"] or "") for r in all_runs
+                                   if r["outcome"] == "lost")
     print(f"{context}: run outcomes {dict(sorted(outcomes.items()))}; lost: {dict(lost_why)}")
     assert d.stop() == 0
 
