@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 
 from client.protocol import METHODS, RPCError, check_params
-from daemon import attachstore, containment, gc, ipc, roles
+from daemon import attachstore, containment, gc, ipc, roles, spawner
 from daemon.board import attachments
 from daemon.board import db as boarddb
 from daemon.board import acceptance, integrity, plan, requests, runs, schedule, tasks
@@ -438,8 +438,11 @@ class Dispatcher:
             raise self._denied(name, run_id, task, f"task {other} is not this worker's task")
 
     def _known_wrapper(self, pid: int, run_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM runs WHERE id=? AND pid=? AND state != 'ended'",
-                               (run_id, pid)).fetchone() is not None
+        """True if ``pid`` is the wrapper of ``run_id``, a run that has not ended: the board
+        recorded that pid, or the wrapper's own pid file names it (see
+        :func:`daemon.spawner.wrapper_on_record`)."""
+        row = self.db.execute("SELECT pid FROM runs WHERE id=? AND state != 'ended'", (run_id,)).fetchone()
+        return row is not None and (row[0] == pid or spawner.wrapper_on_record(self.paths["runs"], run_id, pid))
 
     def _in_subtree(self, root: str | None, task_id: str) -> bool:
         if root is None or not isinstance(task_id, str):

@@ -134,8 +134,14 @@ class Reaper:
             if t.verify is None:
                 self._send_started(t)
         for run in msg["result"]["runs"]:
-            if run["id"] not in self.tracked and run["id"] not in self.unacked and run["id"] not in self.sweeps:
+            t = self.tracked.get(run["id"])
+            if t is not None and run.get("kill_reason") and t.kill_reason is None:
+                # the board decided to end it, and that kill may have been lost with a dispatcher
+                # that died between its commit and telling us: carry it out now
+                self.kill(run["id"], run["kill_reason"])
+            elif run["id"] not in self.tracked and run["id"] not in self.unacked and run["id"] not in self.sweeps:
                 self.pending[run["id"]] = run
+        self.remove_stale_files({run["id"] for run in msg["result"]["runs"]})
         self.resolve_pending()
         log.info("reaper.attached", active=len(msg["result"]["runs"]), tracked=len(self.tracked),
                  containment=self.contain.mode)
@@ -196,6 +202,30 @@ class Reaper:
                                  session=run.get("pid"), cgroup=cgroup, killed_for=killed_for)
             else:
                 self.report(run_id, run["task_id"], {"lost": "the worker was never started"}, killed_for=killed_for)
+
+    def remove_stale_files(self, active: set[str]) -> None:
+        """Delete the run files of runs the board has ended: a reaper that died after reporting
+        an exit, before the acknowledgement arrived, left them behind. A run still active, one
+        this reaper knows, or one whose lock a wrapper holds keeps its files."""
+        try:
+            names = os.listdir(self.paths["runs"])
+        except FileNotFoundError:
+            return
+        known = active | set(self.tracked) | set(self.unacked) | set(self.sweeps) | set(self.pending)
+        stale: dict[str, list[str]] = {}
+        for name in names:  # <run>.pid, .exit, .lock, .retry-after, and a .pid.tmp<pid> cut short
+            run_id = name.split(".", 1)[0]
+            if name.startswith("r_") and "." in name and run_id not in known:
+                stale.setdefault(run_id, []).append(name)
+        for run_id, files in sorted(stale.items()):
+            if spawner.lock_held(spawner.lock_file(self.paths["runs"], run_id)):
+                continue
+            for name in files:
+                try:
+                    os.unlink(os.path.join(self.paths["runs"], name))
+                except FileNotFoundError:
+                    pass
+            log.info("run.files_removed", run=run_id, files=sorted(files), reason="the board has ended the run")
 
     def adopt(self, run: dict[str, Any], info: dict[str, Any]) -> None:
         run_id, pid = run["id"], info["pid"]

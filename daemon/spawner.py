@@ -370,6 +370,23 @@ def _wrapper(run_id: str, argv: list[str], env: dict[str, str], cwd: str, logfd:
     os._exit(code)
 
 
+def wrapper_on_record(runs_dir: str, run_id: str, pid: int) -> bool:
+    """True if the run's pid file (written by its wrapper once the worker exec'd) names ``pid``
+    with that process's start time, so a reused pid is not taken for the wrapper.
+
+    The board learns the wrapper's pid from the reaper (``run.starting``, ``run.started``); after
+    a daemon restart those reports may never have committed, and until the new reaper re-adopts
+    the run, this file is the only record that the process is the run's wrapper.
+    """
+    info = read_json(run_files(runs_dir, run_id)[0])
+    if not info or info.get("pid") != pid:
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - float(info["start_time"])) < 0.05
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
+
+
 def lock_held(lock_path: str) -> bool:
     """True while a wrapper (or a spawn in progress) holds the run's lock file."""
     try:

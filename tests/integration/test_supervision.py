@@ -316,6 +316,35 @@ def test_sigkilled_role_is_restarted(make_daemon, name):
     assert d.stop() == 0
 
 
+def test_restarted_reaper_removes_the_files_of_runs_the_board_ended(make_daemon):
+    """A reaper SIGKILLed after reporting a run's exit, before the acknowledgement arrived, leaves
+    the run's files in <state>/runs (found by the chaos test). The next reaper removes the files
+    of every run the board does not hold open, but keeps those whose lock a process holds."""
+    d = make_daemon()
+    runs_dir = Path(d.state, "runs")
+    runs_dir.mkdir(exist_ok=True)
+    stale = [runs_dir / f"r_00000000000a{ext}" for ext in (".pid", ".exit", ".lock", ".pid.tmp4242")]
+    held = [runs_dir / "r_00000000000b.lock", runs_dir / "r_00000000000b.exit"]
+    for p in stale + held:
+        p.write_text("{}")
+    fd = os.open(held[0], os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a live wrapper holds its run's lock
+        old = d.role_pids()["reaper"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: events(d, "reaper.attached", role="reaper") and
+                 events(d, "reaper.attached", role="reaper")[-1]["pid"] != old, timeout=15,
+                 what="a new reaper attached")
+        wait_for(lambda: not any(p.exists() for p in stale), what=f"stale run files removed: {os.listdir(runs_dir)}")
+        assert all(p.exists() for p in held), os.listdir(runs_dir)
+        removed = events(d, "run.files_removed")
+        assert [e["run"] for e in removed] == ["r_00000000000a"], removed
+        assert sorted(removed[0]["files"]) == sorted(p.name for p in stale)
+    finally:
+        os.close(fd)
+    assert d.stop() == 0
+
+
 def test_all_roles_killed_at_once_repeatedly(make_daemon):
     """Several roles dying in one loop turn (one SIGCHLD, several channel EOFs) must not trip the supervisor."""
     d = make_daemon({"supervisor": {"flap_restarts": 100}}, watchdog_usec=WD_USEC)

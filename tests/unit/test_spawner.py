@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from daemon import spawner
+from daemon import containment, spawner
 
 
 def test_expand_placeholders_leaves_unknown_braces():
@@ -60,3 +60,44 @@ def test_log_tail(tmp_path):
     p.write_bytes(b"x" * 1000 + b"THE END")
     assert spawner.log_tail(str(p), 7) == "THE END"
     assert spawner.log_tail(str(tmp_path / "missing")) == ""
+
+
+def test_a_wrapper_outside_the_daemon_is_known_by_its_pid_file(tmp_path):
+    """After a daemon restart the run's wrapper is no role's child, and the board may not have
+    its pid yet (the dead reaper's report never committed). Its worker is still the run's: the
+    wrapper's pid file, with the start time, says so; a process merely titled like a wrapper,
+    or a pid file whose start time does not match (a reused pid), does not."""
+    paths = {name: str(tmp_path / name) for name in ("runs", "logs", "workspaces")}
+    paths.update(socket=str(tmp_path / "s.sock"), board=str(tmp_path / "board.db"), state_dir=str(tmp_path))
+    go = tmp_path / "go"
+    run_id, task = "r_0123456789ab", "t_01234567"
+    spec = {"run": run_id, "task": task, "title": "x", "profile": "p", "env": {}, "log_max": 1 << 20,
+            "command": ["/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.02; done"], "kill_grace": 1,
+            "workspace": {"kind": "scratch", "path": str(tmp_path / "workspaces" / task),
+                          "root": str(tmp_path / "workspaces")}}
+    info = spawner.start(spec, paths, containment.Containment("subreaper"))
+    try:
+        def board_has_no_pid(pid: int, run: str) -> bool:
+            return False
+
+        def on_record(pid: int, run: str) -> bool:
+            return spawner.wrapper_on_record(paths["runs"], run, pid)
+
+        # no role is an ancestor of this wrapper: its parent is this test, as after a daemon restart
+        contain = containment.Containment("subreaper")
+        worker = info["worker_pid"]
+        assert containment.identify(worker, set(), contain, board_has_no_pid) == ("operator", None)
+        assert containment.identify(worker, set(), contain, on_record) == ("run", run_id)
+        assert spawner.wrapper_on_record(paths["runs"], run_id, info["pid"])
+        assert not spawner.wrapper_on_record(paths["runs"], run_id, worker)
+        assert not spawner.wrapper_on_record(paths["runs"], "r_ffffffffffff", info["pid"])
+        pid_path = spawner.run_files(paths["runs"], run_id)[0]
+        rec = spawner.read_json(pid_path)
+        spawner.write_json_atomic(pid_path, {**rec, "start_time": rec["start_time"] - 60})
+        assert not spawner.wrapper_on_record(paths["runs"], run_id, info["pid"])
+        assert containment.identify(worker, set(), contain, on_record) == ("operator", None)
+    finally:
+        go.touch()
+        _, status = os.waitpid(info["pid"], 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert spawner.read_json(spawner.run_files(paths["runs"], run_id)[1])["exit_code"] == 0
