@@ -18,7 +18,7 @@ process for):
   ``kanban_heartbeat``, ``kanban_comment``, ``kanban_create`` (children of the current
   task), ``kanban_link``, ``kanban_attach``; a reviewer run adds ``kanban_approve`` and
   ``kanban_request_changes``. The run token and a ``request_id`` are added to every call.
-- an operator, or a run of an ``role: orchestrator`` profile: the board tools
+- an operator, or a run of a ``role: orchestrator`` profile: the board tools
   ``kanban_list``, ``kanban_show``, ``kanban_context``, ``kanban_create``,
   ``kanban_link``, ``kanban_assign``, ``kanban_plan``, ``kanban_stats``,
   ``kanban_approve``, ``kanban_request_changes``, ``kanban_retry`` (an orchestrator's
@@ -284,6 +284,7 @@ class Bridge:
         self.retry_for = retry_for
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self.who = identity_guess(env)
+        self.guessed = False  # the "guessing" notice was said
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -293,8 +294,10 @@ class Bridge:
             self.who = identity_from(call_retrying("daemon.whoami", {}, self.sock, retry_for=retry_for,
                                                    say=self.say))
         except (ConnectError, ServerError, OSError) as exc:
-            self.say(f"kanban mcp: cannot ask kanband who this process is ({exc}); guessing from the environment: "
-                     f"{'run ' + str(self.who.run) if self.who.in_run else 'operator'}")
+            if not self.guessed:
+                self.guessed = True
+                self.say(f"kanban mcp: cannot ask kanband who this process is ({exc}); guessing from the "
+                         f"environment: {'run ' + str(self.who.run) if self.who.in_run else 'operator'}")
         return self.who
 
     def tools(self) -> list[Tool]:
@@ -389,8 +392,8 @@ def error_payload(exc: BaseException) -> dict[str, Any]:
             "data": {}}
 
 
-def result_text(tool: Tool, result: Any) -> str:
-    """The text content of a successful call (JSON, or Markdown for a context)."""
+def result_text(result: Any) -> str:
+    """The text content of a successful call: its result as compact JSON."""
     return json.dumps(result, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -447,7 +450,7 @@ def build_server(bridge: Bridge) -> Any:
             from client.context import render_markdown
             return types.CallToolResult(content=[types.TextContent(text=render_markdown(result))],
                                         structured_content=result)
-        return types.CallToolResult(content=[types.TextContent(text=result_text(tool, result))],
+        return types.CallToolResult(content=[types.TextContent(text=result_text(result))],
                                     structured_content=result if isinstance(result, dict) else {"result": result})
 
     async def call_tool(ctx: Any, params: Any) -> Any:

@@ -678,7 +678,7 @@ class Reaper:
                 next_rotate = mono + 5.0
             if mono >= next_output:
                 self.poll_output()
-                next_output = mono + min(OUTPUT_POLL, self.cfg["dispatch"]["claim_ttl"] / 8)
+                next_output = mono + max(0.05, min(OUTPUT_POLL, self.cfg["dispatch"]["claim_ttl"] / 8))
             if self.pending and self.attached:
                 self.resolve_pending()
             if self.stopping and self.stop_done():
