@@ -47,9 +47,20 @@ PAGED = {"task.list": ("cursor", "tasks"), "events.since": ("after", "events")}
 #: ``--all`` (CLI only, for paged verbs): walk every page.
 ALL_HELP = ("fetch every page, printing each as it arrives (with --json: one JSON object per line, "
             "JSON Lines)")
-#: Arguments a verb reads on the client side and never sends (``kanban attach`` streams FILE… itself).
+#: ``kanban init --agent NAME`` (client/agentinit.py; the names are examples/agents/NAME.yaml's).
+AGENT_NAMES = ("claude", "codex", "gemini", "aider", "opencode", "goose", "hermes")
+#: Arguments a verb reads on the client side and never sends (``kanban attach`` streams FILE… itself,
+#: ``kanban init --agent`` writes the user's config file).
 LOCAL_PARAMS = {"attach": (protocol.Param("files", "list", required=True, cli="pos+",
-                                          doc="files to attach (read by the client and streamed to the daemon)"),)}
+                                          doc="files to attach (read by the client and streamed to the daemon)"),),
+                "init": (protocol.Param("agent", "str", choices=AGENT_NAMES,
+                                        doc="add this agent's ready profile (examples/agents/NAME.yaml) to your "
+                                            "config; an existing profile of that name is never overwritten"),
+                         protocol.Param("config", "str", doc="with --agent: the config file to add it to (default: "
+                                                             "the running daemon's, else the XDG default)"))}
+#: ``kanban mcp``: a CLI-only verb (client/mcp.py) that serves MCP on stdio instead of calling one method.
+MCP_HELP = ("Serve the Model Context Protocol on stdin/stdout for an agent (register `kanban mcp` with it); "
+            "inside a run: the worker tools, else the board tools (see docs/agents.md)")
 #: Methods whose answer may take long (gc walks and deletes files): no client-side timeout.
 UNBOUNDED = {"board.gc", "daemon.reload"}
 #: CLI-only switches, per verb: ``(names, dest, help)``. Never sent to the daemon.
@@ -189,6 +200,8 @@ def build_parser(only: str | None = None):
         add_params(sp, method, verb)
         for names, dest, help_text in cli_options(verb):
             sp.add_argument(*names, dest=dest, action="store_true", help=help_text)
+    if only is None or only == "mcp":
+        sub.add_parser("mcp", help=MCP_HELP, description=MCP_HELP).set_defaults(_verb="mcp")
     if only is None or only == "boards":
         bp = sub.add_parser("boards", help=BOARDS_HELP, description=BOARDS_HELP)
         bp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON only")
@@ -469,12 +482,12 @@ def pick_verb(argv: list[str]) -> str | None:
     return None
 
 
-def socket_arg(argv: list[str]) -> str | None:
-    """The ``--socket`` given before the verb, if any."""
+def socket_arg(argv: list[str], flag: str = "--socket") -> str | None:
+    """The ``--socket`` (or another global ``flag``) given before the verb, if any."""
     for i, a in enumerate(argv):
-        if a == "--socket" and i + 1 < len(argv):
+        if a == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if a.startswith("--socket="):
+        if a.startswith(flag + "="):
             return a.split("=", 1)[1]
         if not a.startswith("-"):
             break
@@ -592,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str]) -> int:
     """Parse, call the daemon, print; returns the exit status."""
     first = pick_verb(argv)
-    known = {v.split()[0] for v in verbs()} | {"completion"}
+    known = {v.split()[0] for v in verbs()} | {"completion", "mcp"}
     if first is None and "--version" in argv and "--help" not in argv and "-h" not in argv:
         return print_version(argv)
     if first == "completion" and "--help" not in argv and "-h" not in argv:
@@ -601,6 +614,14 @@ def run(argv: list[str]) -> int:
     argv, switches = strip_cli_options(argv, first)
     follow, walk_all = "follow" in switches, "all" in switches
     as_json = wants_json(argv)
+    if first == "mcp" and "--help" not in argv and "-h" not in argv:
+        extra = argv[argv.index("mcp") + 1:]
+        if extra:
+            fail(as_json, "usage_error", f"kanban mcp: unexpected {extra[0]!r} (give --socket or --board before "
+                 "the verb)")
+            return 2
+        from client import mcp
+        return mcp.main(socket_arg(argv), socket_arg(argv, "--board"))
     if first == "boards" and "--help" not in argv and "-h" not in argv:
         extra = [a for a in argv if a not in ("boards", "--json")]
         if extra:
@@ -628,6 +649,12 @@ def run(argv: list[str]) -> int:
             raise UsageError(f"kanban: {exc}") from None
         if params.get("repo"):  # the daemon runs elsewhere: a relative --repo means from here
             params["repo"] = os.path.abspath(params["repo"])
+        if ns._verb == "init" and (params.get("agent") or params.get("config")):
+            if not params.get("agent"):
+                raise UsageError("kanban init: --config goes with --agent NAME")
+            from client import agentinit
+            return agentinit.main(params["agent"], params.get("config"), ns.socket, getattr(ns, "board", None),
+                                  as_json or bool(getattr(ns, "json", False)))
     except UsageError as exc:
         fail(as_json, "usage_error", str(exc))
         return 2

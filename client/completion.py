@@ -79,6 +79,7 @@ def verb_specs() -> dict[str, tuple[list[tuple[str, str]], list[str], str]]:
         out[group] = ([("--help", ""), ("-h", "")], ["c:" + ",".join(leaves)], f"{group} sub-commands")
     out["completion"] = ([("--help", ""), ("-h", "")], ["c:" + ",".join(cli.SHELLS)],
                          "print a shell completion script")
+    out["mcp"] = ([("--help", ""), ("-h", "")], [], cli.MCP_HELP)
     return out
 
 

@@ -778,6 +778,13 @@ _METHOD_LIST: tuple[Method, ...] = (
         result="{url, base, listen, token_file, state}",
         errors=("unavailable", "permission_denied"), verb="web",
     ),
+    Method(
+        "daemon.whoami", "Who the daemon takes the caller for (by its pid): an operator, or a process of a run "
+        "(its task, run, profile and role); kanban mcp picks its tools by it",
+        result="{caller: operator|worker|role, pid, run, task, profile, role: worker|orchestrator or null, review, "
+               "socket}: run, task and profile are null for an operator; review is true in a reviewer run",
+        verb="whoami",
+    ),
     # ---- internal: daemon roles talking to the dispatcher -------------------
     Method(
         "reaper.attach", "The reaper announces itself; the dispatcher answers with the active runs",
@@ -797,6 +804,12 @@ _METHOD_LIST: tuple[Method, ...] = (
                 _p("worker_pid", "int", "worker pid", nullable=True, **_PID),
                 _p("exec_at", "float", "wall-clock time of the worker's exec", nullable=True, min=0)),
         result="{ok, state}", internal=True, writes=True,
+    ),
+    Method(
+        "run.output", "The reaper saw these runs write to their logs: output is a heartbeat (profiles with "
+        "heartbeat_from_output), reported at most once per claim_ttl/4 per run",
+        params=(_p("runs", "list", "run ids whose log grew", required=True, max_items=10_000),),
+        result="{runs: [id]}: the runs that got a heartbeat", internal=True, writes=True,
     ),
     Method(
         "run.exiting", "The reaper is ending a run on its own decision (max_runtime) (-> exiting)",

@@ -39,7 +39,8 @@ class Field:
 
 PROFILE: dict[str, Field] = {
     "command": Field("list", None, "argv of the worker; placeholders {task_id} {run_id} {title} "
-                     "{workspace} {config_dir}, refused inside a `sh -c` script"),
+                     "{workspace} {config_dir} {context_file} (a file the daemon writes with the rendered "
+                     "`kanban context` before the run), refused inside a `sh -c` script"),
     "env": Field("dict", {}, "extra environment variables for the worker"),
     "max_in_progress": Field("int", None, "cap on this profile's live runs (counted like "
                              "dispatch.max_in_progress)", nullable=True),
@@ -57,6 +58,14 @@ PROFILE: dict[str, Field] = {
                     choices=("none", "required")),
     "review_by": Field("str", None, "the profile dispatched on this profile's tasks in review (its runs get "
                        "KANBAN_REVIEW=1 and end with kanban approve or kanban request-changes)", nullable=True),
+    "heartbeat_from_output": Field("bool", True, "a run that writes to its log is alive: its output extends "
+                                   "its claim like `kanban heartbeat` (heartbeat events at most one per "
+                                   "dispatch.claim_ttl/4); a run silent for dispatch.heartbeat_max_stale is "
+                                   "still reclaimed"),
+    "rate_limit_patterns": Field("list", [], "regexes (Python syntax, searched in the last 4 KiB of this run's "
+                                 "log output, ^ and $ matching at each line; add (?i) for case-insensitive): a run "
+                                 "that exits non-zero (or 0 without completing) with a match is rate_limited (the "
+                                 "cooldown path), not crashed"),
 }
 
 #: The keys of a profile's ``verify`` mapping: type, default, doc.
@@ -277,7 +286,7 @@ def _check_named(kind: str, sub: dict[str, Field], raw: Any, where: str) -> dict
 
 #: Placeholders of a profile's command (``daemon.spawner.PLACEHOLDERS``) and of a command sink
 #: (``daemon.sinks.PLACEHOLDER``); a unit test keeps them in step.
-PROFILE_PLACEHOLDERS = ("task_id", "run_id", "title", "workspace", "config_dir")
+PROFILE_PLACEHOLDERS = ("task_id", "run_id", "title", "workspace", "config_dir", "context_file")
 SINK_PLACEHOLDERS = ("task_id", "kind", "title", "summary", "event_id")
 
 #: Programs that run an argument as code, and the option letters that say which one: after such
@@ -363,6 +372,7 @@ def _check_entry(kind: str, item: dict[str, Any], where: str) -> None:
         item["env"] = {k: str(v) for k, v in item["env"].items()}
         if item["verify"] is not None:
             item["verify"] = _check_verify(item["verify"], f"{where}.verify")
+        _check_patterns(item["rate_limit_patterns"], f"{where}.rate_limit_patterns")
         if item["repo"]:
             item["repo"] = os.path.expanduser(item["repo"])
     elif kind == "sinks":
@@ -380,6 +390,21 @@ def _check_entry(kind: str, item: dict[str, Any], where: str) -> None:
                                     "See docs/notifications.md.")
         if item["type"] == "webhook" and not item["url"]:
             raise ConfigError(f"{where}.url: required for a webhook sink")
+
+
+def _check_patterns(patterns: list[Any], where: str) -> None:
+    """Each of a profile's ``rate_limit_patterns`` must be a string that compiles as a regex.
+
+    Raises:
+        ConfigError: Naming ``where[index]`` and what is wrong with that pattern.
+    """
+    for i, pat in enumerate(patterns):
+        if not isinstance(pat, str) or not pat:
+            raise ConfigError(f"{where}[{i}]: must be a non-empty string (a regular expression)")
+        try:
+            re.compile(pat, re.MULTILINE)
+        except re.error as exc:
+            raise ConfigError(f"{where}[{i}]: not a valid regular expression ({exc}): {pat!r}") from None
 
 
 def _check_verify(raw: dict[str, Any], where: str) -> dict[str, Any]:

@@ -33,8 +33,8 @@ from typing import Any
 import structlog
 
 from client.protocol import METHODS, RPCError, check_params
-from daemon import attachstore, containment, gc, ipc, roles, spawner
-from daemon.board import attachments
+from daemon import attachstore, containment, fsguard, gc, ipc, roles, spawner
+from daemon.board import attachments, context
 from daemon.board import db as boarddb
 from daemon.board import acceptance, integrity, plan, requests, runs, schedule, tasks
 from daemon.handlers import DEFERRED, HANDLERS, Ctx
@@ -598,7 +598,23 @@ class Dispatcher:
     def flush_spawns(self) -> None:
         spawns, self.pending_spawns = self.pending_spawns, []
         for spec in spawns:
+            if any("{context_file}" in arg for arg in spec["command"]):
+                self.write_context(spec["task"], spec["run"])
             self._push({"method": "spawn", "params": spec})
+
+    def write_context(self, task_id: str, run_id: str) -> None:
+        """Write the run's ``{context_file}``: the rendered context, ``<runs>/<run>.context.md`` (0600).
+
+        Called after the claim committed, before the spawn goes out. A failure is logged; the
+        spawner then refuses the run (``spawn_failed`` naming the file) rather than start it blind.
+        """
+        path = os.path.join(self.paths["runs"], f"{run_id}.context.md")
+        try:
+            text = context.markdown(self.db, task_id, self.paths["state_dir"])
+            fsguard.ensure_private_dir(self.paths["runs"])
+            fsguard.write_private(path, text.encode())
+        except (OSError, fsguard.UnsafePath, RPCError) as exc:
+            log.warning("context.write_failed", task=task_id, run=run_id, path=path, error=str(exc))
 
     def worktree_repo(self, task_repo: str | None, profile: str | None) -> str | None:
         """A worktree's repository: the task's ``--repo``, else its profile's ``repo``, else ``workspaces.repo``."""

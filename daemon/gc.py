@@ -8,7 +8,7 @@ or ``kanban gc --older-than``) whose runs have all ended, gc removes:
 
 - its worker log (``<state>/logs/<task>.log`` and ``.log.1``);
 - what its runs left in ``<state>/runs/`` (``<run>.pid``, ``.exit``, ``.lock``,
-  ``.retry-after``, and the run's copy of the attachments);
+  ``.retry-after``, ``.context.md``, and the run's copy of the attachments);
 - its attachments (``<state>/attachments/<task>/`` and their rows);
 - its workspace: a scratch directory strictly inside the workspaces root (after
   resolving symlinks), or a git worktree without uncommitted changes. A ``dir:``
@@ -81,7 +81,7 @@ VACUUM_RATIO = 0.25
 VACUUM_MIN_PAGES = 64
 #: What gc frees, in report order.
 KINDS = ("logs", "run_files", "attachments", "workspaces")
-RUN_SUFFIXES = (".pid", ".exit", ".lock", ".retry-after")
+RUN_SUFFIXES = (".pid", ".exit", ".lock", ".retry-after", ".context.md")
 _TASK_ID = re.compile(r"^t_[0-9a-f]{4,32}$")
 _RUN_ID = re.compile(r"^r_[0-9a-f]{4,32}$")
 

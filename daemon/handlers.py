@@ -400,7 +400,7 @@ def board_assignees(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 def task_context(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     if not p.get("id"):
         raise RPCError("invalid_params", "no task id given (outside a worker, name the task)", field="id")
-    return context.build(ctx.db, p["id"])
+    return context.build(ctx.db, p["id"], ctx.disp.paths["state_dir"])
 
 
 @handler("reaper.attach")
@@ -417,6 +417,29 @@ def run_starting(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
 def run_started(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     return runs.started(ctx.db, ctx.now, p["run"], p["pid"], p["start_time"], p.get("worker_pid"),
                         p.get("exec_at"))
+
+
+@handler("run.output")
+def run_output(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    return runs.output_heartbeat(ctx.db, ctx.now, ctx.cfg, p["runs"])
+
+
+@handler("daemon.whoami")
+def daemon_whoami(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
+    kind, run_id = ctx.disp.scope(ctx.client)
+    out = {"caller": "worker" if kind == "run" else kind, "pid": ctx.client.peer_pid, "run": None, "task": None,
+           "profile": None, "role": None, "review": False, "socket": ctx.disp.paths["socket"]}
+    if kind in ("gone", "orphan"):
+        raise RPCError("permission_denied", f"daemon.whoami: the caller (pid {ctx.client.peer_pid}) is "
+                       f"{'gone' if kind == 'gone' else 'a leftover process of an ended run'}",
+                       method="daemon.whoami", pid=ctx.client.peer_pid)
+    if kind == "run":
+        row = ctx.db.execute("SELECT task_id, profile, kind FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is not None:
+            prof = ctx.cfg["profiles"].get(row["profile"] or "", {})
+            out.update(run=run_id, task=row["task_id"], profile=row["profile"], role=prof.get("role") or "worker",
+                       review=row["kind"] == "review")
+    return out
 
 
 @handler("run.exiting")

@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 import structlog
 
-from daemon import attachstore, containment, fsguard, roles, spawner, workspaces
+from daemon import attachstore, containment, fsguard, roles, spawner, workspaces, worklog
 from daemon.rpcpeer import Link, Peer
 
 log = structlog.get_logger()
@@ -43,6 +43,10 @@ log = structlog.get_logger()
 #: the run's processes itself (never the wrapper, which must reap them and record the status).
 BACKSTOP = 2.0
 SWEEP_EVERY = 0.1  # seconds between re-scans of a run whose wrapper died, until nothing is left
+#: Seconds between two looks at the runs' logs for output (a heartbeat); at most claim_ttl/4 apart per run.
+OUTPUT_POLL = 1.0
+#: Bytes of a run's log sent with its exit (``log_tail``): what rate_limit_patterns are matched against.
+TAIL_BYTES = 4096
 
 
 @dataclasses.dataclass
@@ -66,6 +70,8 @@ class Tracked:
     cgroup: str | None = None
     verify: dict[str, Any] | None = None  # the spawn spec, when this is the run's verify command
     files: str = ""                     # name of its run files: the run id, or "<run>.verify"
+    log_seen: tuple[int, int] | None = None  # (size, mtime_ns) of the log at the last look
+    output_at: float = 0.0              # monotonic: when its output was last reported as a heartbeat
 
 
 @dataclasses.dataclass
@@ -501,7 +507,7 @@ class Reaper:
                   "spawn_error": rec.get("spawn_error"), "lost": rec.get("lost"),
                   "ended_at": rec.get("ended_at") or time.time()}
         if log_path and not rec.get("spawn_error"):
-            report["log_tail"] = spawner.log_tail(log_path)
+            report["log_tail"] = run_tail(log_path, run_id)
         if rec.get("exit_code") == 75:
             report["retry_after"] = spawner.read_retry_after(spawner.retry_after_file(self.paths["runs"], run_id))
         log.info("worker.exited", run=run_id, task=task_id, exit_code=report["exit_code"], signal=report["signal"],
@@ -553,8 +559,9 @@ class Reaper:
             self._send_exit(report)
 
     def _unlink_files(self, name: str) -> None:
-        for path in (*spawner.run_files(self.paths["runs"], name), spawner.lock_file(self.paths["runs"], name),
-                     spawner.retry_after_file(self.paths["runs"], name)):
+        runs_dir = self.paths["runs"]
+        for path in (*spawner.run_files(runs_dir, name), spawner.lock_file(runs_dir, name),
+                     spawner.retry_after_file(runs_dir, name), spawner.context_file(runs_dir, name)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -612,6 +619,35 @@ class Reaper:
             nxt = min(nxt, now + 0.05)
         return max(0.0, nxt - now)
 
+    def poll_output(self) -> None:
+        """Output is a heartbeat: report the runs whose log changed since the last look (``run.output``).
+
+        Each run is reported at most once per ``dispatch.claim_ttl / 4`` seconds, so a chatty
+        worker costs one board write (and one ``heartbeat`` event) per quarter claim; the
+        dispatcher ignores runs whose profile says ``heartbeat_from_output: false``.
+        """
+        if self.peer is None or not self.attached:
+            return
+        now = time.monotonic()
+        every = self.cfg["dispatch"]["claim_ttl"] / 4
+        due = []
+        for t in self.tracked.values():
+            if t.verify is not None or t.kill_reason is not None:
+                continue
+            try:
+                st = os.stat(t.log)
+                seen = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                continue
+            if t.log_seen is None:  # the first look: the start line the spawner wrote is not the worker's
+                t.log_seen = seen
+                continue
+            if seen != t.log_seen and now - t.output_at >= every:
+                t.log_seen, t.output_at = seen, now
+                due.append(t.run)
+        if due:
+            self.peer.call("run.output", {"runs": due})
+
     def rotate_logs(self) -> None:
         for t in self.tracked.values():
             if t.verify is None and spawner.rotate_if_needed(t.log, self.cfg["logs"]["worker_log_max"]):
@@ -658,6 +694,7 @@ class Reaper:
         self.sel.register(wake, selectors.EVENT_READ, ("sig", None))
         next_hb = 0.0
         next_rotate = time.monotonic() + 5.0
+        next_output = time.monotonic() + OUTPUT_POLL
         if workspaces.trash_has_entries(self.paths["workspaces"]):  # a purge a crash interrupted
             self.start_purge(self.paths["workspaces"], None)
         while True:
@@ -669,11 +706,14 @@ class Reaper:
             if mono >= next_rotate:
                 self.rotate_logs()
                 next_rotate = mono + 5.0
+            if mono >= next_output:
+                self.poll_output()
+                next_output = mono + max(0.05, min(OUTPUT_POLL, self.cfg["dispatch"]["claim_ttl"] / 8))
             if self.pending and self.attached:
                 self.resolve_pending()
             if self.stopping and self.stop_done():
                 break
-            timeout = min(self.timers(), max(0.0, next_hb - time.monotonic()))
+            timeout = min(self.timers(), max(0.0, min(next_hb, next_output) - time.monotonic()))
             if reconnect_at is not None:
                 timeout = min(timeout, max(0.0, reconnect_at - time.monotonic()))
             if self.stopping:
@@ -715,6 +755,17 @@ class Reaper:
         for t in self.tracked.values():
             os.close(t.pidfd)
         log.info("reaper.stopped", left_running=len(self.tracked))
+
+
+def run_tail(log_path: str, run_id: str) -> str:
+    """The last ``TAIL_BYTES`` of the task log, cut after this run's start line when it is in them,
+    so that an earlier run's output is never taken for this one's (``rate_limit_patterns``)."""
+    tail = spawner.log_tail(log_path, TAIL_BYTES)
+    at = tail.rfind(f"{worklog.SEPARATOR}{run_id} started")
+    if at >= 0:
+        nl = tail.find("\n", at)
+        tail = tail[nl + 1:] if nl >= 0 else ""
+    return tail
 
 
 def run(ctx: roles.RoleContext) -> int:

@@ -46,7 +46,7 @@ from daemon.workspaces import cleanup_workspace, prepare_workspace, strictly_ins
 
 from daemon import fsguard, worklog
 
-PLACEHOLDERS = ("task_id", "run_id", "title", "workspace", "config_dir")
+PLACEHOLDERS = ("task_id", "run_id", "title", "workspace", "config_dir", "context_file")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 
@@ -113,6 +113,16 @@ def append_log(log_path: str, text: str) -> None:
 
 def lock_file(runs_dir: str, run_id: str) -> str:
     return os.path.join(runs_dir, f"{run_id}.lock")
+
+
+def context_file(runs_dir: str, run_id: str) -> str:
+    """Where the dispatcher writes a run's rendered context before the spawn (``{context_file}``)."""
+    return os.path.join(runs_dir, f"{run_id}.context.md")
+
+
+def uses_context_file(argv: list[str]) -> bool:
+    """Whether a profile's command asks for ``{context_file}``."""
+    return any("{context_file}" in arg for arg in argv)
 
 
 def retry_after_file(runs_dir: str, run_id: str) -> str:
@@ -433,9 +443,15 @@ def start(spec: dict[str, Any], paths: dict[str, str], contain: containment.Cont
     except fsguard.UnsafePath as exc:
         raise SpawnError(str(exc)) from None
     values = {"task_id": spec["task"], "run_id": spec["run"], "title": spec["title"], "workspace": cwd,
-              "config_dir": spec.get("config_dir") or ""}
-    argv = expand(spec["command"], values)
+              "config_dir": spec.get("config_dir") or "", "context_file": ""}
     env = worker_env(spec, paths)
+    if not spec.get("verify") and uses_context_file(spec["command"]):
+        values["context_file"] = context_file(paths["runs"], spec["run"])
+        if not os.path.isfile(values["context_file"]):  # the dispatcher writes it before the spawn
+            raise SpawnError(f"the run's context file {values['context_file']} was not written (see the daemon's "
+                             "log: context.write_failed)")
+        env["KANBAN_CONTEXT_FILE"] = values["context_file"]
+    argv = expand(spec["command"], values)
     try:
         fsguard.ensure_private_dir(paths["runs"])
     except fsguard.UnsafePath as exc:

@@ -13,19 +13,21 @@ import json
 import sqlite3
 from typing import Any
 
+from client.context import render_markdown
+from daemon.board import attachments as attachment_rows
 from daemon.board import tasks
 
 #: How much of a run's recorded error (exit status and log tail) the context carries, in characters.
 ERROR_TAIL = 2000
 
 
-def attachments(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
-    """The task's attachments, for the context: ``[{name, size, path}]``.
-
-    Hook for the attachments part (``kanban attach``): it returns an empty list
-    until that part fills it from its own table.
-    """
-    return []
+def attachments(conn: sqlite3.Connection, task_id: str, state_dir: str | None = None) -> list[dict[str, Any]]:
+    """The task's attachments, for the context: ``[{name, size, path}]`` (see
+    :func:`daemon.board.attachments.listing`); empty without ``state_dir``."""
+    if state_dir is None:
+        return []
+    return [{"name": a["name"], "size": a["size"], "path": a["path"]}
+            for a in attachment_rows.listing(conn, state_dir, task_id)]
 
 
 def _parent_metadata(conn: sqlite3.Connection, parent_id: str) -> tuple[Any, str | None]:
@@ -37,8 +39,13 @@ def _parent_metadata(conn: sqlite3.Connection, parent_id: str) -> tuple[Any, str
     return (json.loads(row["metadata"]) if row["metadata"] else None), row["id"]
 
 
-def build(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
+def build(conn: sqlite3.Connection, task_id: str, state_dir: str | None = None) -> dict[str, Any]:
     """Everything a worker needs about ``task_id``, in one object.
+
+    Args:
+        conn: The board.
+        task_id: The task.
+        state_dir: The daemon's state dir, where attachments are stored (none listed without it).
 
     Returns:
         ``{task, body, attachments, parents, runs, current_run, comments, history}`` where
@@ -84,5 +91,14 @@ def build(conn: sqlite3.Connection, task_id: str) -> dict[str, Any]:
                         "previous_summary": p.get("previous_summary"), "parent": p.get("parent"),
                         "action": p.get("action")})
     task = tasks.to_dict(row, [p["id"] for p in parents])
-    return {"task": task, "body": row["body"], "attachments": attachments(conn, task_id), "parents": parents,
-            "runs": runs, "current_run": current, "comments": comments, "history": history}
+    return {"task": task, "body": row["body"], "attachments": attachments(conn, task_id, state_dir),
+            "parents": parents, "runs": runs, "current_run": current, "comments": comments, "history": history}
+
+
+def markdown(conn: sqlite3.Connection, task_id: str, state_dir: str | None = None) -> str:
+    """The context as ``kanban context`` prints it (Markdown), for a run's ``{context_file}``.
+
+    Raises:
+        RPCError: ``not_found`` naming the id.
+    """
+    return render_markdown(build(conn, task_id, state_dir))

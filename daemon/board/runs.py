@@ -14,8 +14,10 @@ from the ``OUTCOMES`` table.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
+import re
 import signal as signal_mod
 import sqlite3
 from typing import Any
@@ -27,6 +29,8 @@ RUN_COLUMNS = ("id, task_id, profile, state, outcome, exit_code, signal, pid, st
                "started_at, ended_at, claim_expires, last_heartbeat, heartbeat_note, summary, metadata, error, "
                "kill_reason, kind, verify, verify_command, verify_exit, verify_output")
 EX_TEMPFAIL = 75
+#: Characters of the log tail kept in a failed run's ``error`` (the reaper sends more, for the patterns).
+LOG_TAIL_KEPT = 400
 
 RUN_STATES = ("claimed", "starting", "running", "exiting", "verifying", "ended")
 #: Kills that come from an operator's decision: they cancel a pending or running verification too.
@@ -103,7 +107,9 @@ OUTCOMES: dict[str, Outcome] = {
     "cancelled": Outcome(False, False, False, "an operator blocked or archived the task while it ran"),
     "protocol_violation": Outcome(True, True, True, "exit 0, but the task was still running"),
     "crashed": Outcome(True, True, True, "non-zero exit or killed by a signal"),
-    "rate_limited": Outcome(False, True, True, "exit 75 (EX_TEMPFAIL); requeued after the cooldown"),
+    "rate_limited": Outcome(False, True, True, "exit 75 (EX_TEMPFAIL), or an exit (non-zero, or 0 without completing) "
+                            "whose log tail matches one of the profile's rate_limit_patterns; requeued after the "
+                            "cooldown"),
     "timed_out": Outcome(True, True, True, "ran past max_runtime; TERM, then KILL"),
     "spawn_failed": Outcome(True, True, True, "the command could not be started"),
     "stale": Outcome(True, True, True, "no heartbeat for heartbeat_max_stale; killed and requeued"),
@@ -123,7 +129,8 @@ _KILL_OUTCOMES = {"timeout": "timed_out", "stale": "stale", "reclaim": "reclaime
 
 
 def decode_exit(*, preset: str | None, exit_code: int | None, signal: int | None, timed_out: bool = False,
-                killed_for: str | None = None, spawn_error: str | None = None, lost: str | None = None) -> str:
+                killed_for: str | None = None, spawn_error: str | None = None, lost: str | None = None,
+                rate_limit_matched: bool = False) -> str:
     """Classify how a run ended. Pure: the order of the checks is the policy.
 
     Args:
@@ -135,6 +142,9 @@ def decode_exit(*, preset: str | None, exit_code: int | None, signal: int | None
         killed_for: Why the daemon killed it, if it did.
         spawn_error: Why it could not start.
         lost: Why its status is unknowable.
+        rate_limit_matched: The log's tail matched one of the profile's ``rate_limit_patterns``
+            (see :func:`rate_limit_match`): an exit that would be ``crashed`` (non-zero) or
+            ``protocol_violation`` (0 with the task still running) is ``rate_limited`` instead.
     """
     if preset in ("completed", "blocked", "cancelled", "approved", "changes_requested"):
         return preset
@@ -146,11 +156,34 @@ def decode_exit(*, preset: str | None, exit_code: int | None, signal: int | None
         return "timed_out"
     if killed_for in _KILL_OUTCOMES:
         return _KILL_OUTCOMES[killed_for]
-    if signal is None and exit_code == EX_TEMPFAIL:
-        return "rate_limited"
+    if signal is None and (exit_code == EX_TEMPFAIL or (rate_limit_matched and exit_code is not None)):
+        return "rate_limited"  # an agent that gave up on a 429 and exited 0 is cooled down too, not failed
     if signal is None and exit_code == 0:
         return "protocol_violation"
     return "crashed"
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(text, re.MULTILINE)
+
+
+def rate_limit_match(patterns: list[str], log_tail: str | None) -> str | None:
+    """The first of a profile's ``rate_limit_patterns`` found in ``log_tail``, or ``None``.
+
+    Args:
+        patterns: Regexes, already checked when the config was loaded (``daemon.config``).
+        log_tail: The end of the run's log output (the reaper sends the last 4 KiB after the run's start line).
+    """
+    if not log_tail:
+        return None
+    for text in patterns:
+        try:
+            if _pattern(text).search(log_tail):
+                return text
+        except re.error:  # checked at load; a config that skipped the check must not break run.exited
+            continue
+    return None
 
 
 def describe_exit(exit_code: int | None, signal: int | None) -> str:
@@ -298,8 +331,13 @@ def exited(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_id: st
                    verifying=True)
         return {"outcome": None, "verify": True}
     killed_for = killed_for or run["kill_reason"]
+    matched = None
+    if exit_code not in (None, EX_TEMPFAIL) and signal is None and run["outcome"] is None:
+        prof = cfg["profiles"].get(run["profile"] or "", {})
+        matched = rate_limit_match(prof.get("rate_limit_patterns") or [], log_tail)
     outcome = decode_exit(preset=run["outcome"], exit_code=exit_code, signal=signal, timed_out=timed_out,
-                          killed_for=killed_for, spawn_error=spawn_error, lost=lost)
+                          killed_for=killed_for, spawn_error=spawn_error, lost=lost,
+                          rate_limit_matched=matched is not None)
     spec = OUTCOMES[outcome]
     error = None
     if outcome == "spawn_failed":
@@ -308,14 +346,18 @@ def exited(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_id: st
         error = lost
     elif spec.failure or outcome == "rate_limited":
         error = describe_exit(exit_code, signal)
+        if outcome == "rate_limited" and matched is not None:
+            error += f" (log matched rate_limit_patterns: {matched})"
         if log_tail:
-            error += "\n" + log_tail
+            error += "\n" + log_tail[-LOG_TAIL_KEPT:]
     ended = ended_at or now
     conn.execute("UPDATE runs SET state='ended', outcome=?, exit_code=?, signal=?, ended_at=?, error=?, "
                  "started_at=coalesce(started_at, ?) WHERE id=?",
                  (outcome, exit_code, signal, ended, error, run["claimed_at"], run_id))
     task = tasks.get(conn, run["task_id"])
     payload = {"outcome": outcome, "exit_code": exit_code, "signal": signal}
+    if matched is not None and outcome == "rate_limited":
+        payload["matched"] = matched
     tasks.emit(conn, now, "exited", task["id"], run_id, **payload)
     if spec.event:
         tasks.emit(conn, now, outcome, task["id"], run_id, **payload, error=(error or "")[-400:])
@@ -339,7 +381,8 @@ def exited(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_id: st
             wait = retry_after if retry_after is not None and 0 <= retry_after <= 86400 * 7 \
                 else cfg["dispatch"]["rate_limit_cooldown"]
             if cfg["dispatch"]["rate_limit_scope"] == "profile" and run["profile"]:
-                set_profile_cooldown(conn, now, run["profile"], now + wait, f"exit 75 from run {run_id}")
+                why = "a rate-limit message" if matched is not None else "exit 75"
+                set_profile_cooldown(conn, now, run["profile"], now + wait, f"{why} from run {run_id}")
                 tasks.emit(conn, now, "cooldown", task["id"], run_id, profile=run["profile"], until=now + wait,
                            scope="profile")
             else:
@@ -371,6 +414,32 @@ def heartbeat(conn: sqlite3.Connection, now: float, task_id: str, run: str | Non
                  "WHERE id=?", (now, expires, note, run))
     tasks.emit(conn, now, "heartbeat", task_id, run, note=note)
     return {"task": task_id, "run": run, "claim_expires": expires}
+
+
+def output_heartbeat(conn: sqlite3.Connection, now: float, cfg: dict[str, Any], run_ids: list[str]
+                     ) -> dict[str, Any]:
+    """The reaper saw these runs write to their logs: each one that is live and whose profile has
+    ``heartbeat_from_output`` gets a heartbeat (claim extended, ``last_heartbeat`` now) and a
+    ``heartbeat`` event with ``source: output``. The reaper reports a run at most once per
+    ``claim_ttl/4``, so these events stay that rare.
+
+    Returns:
+        ``{runs: [id]}``: the runs that got a heartbeat (others had ended, were being killed, or
+        their profile turned it off).
+    """
+    ttl = cfg["dispatch"]["claim_ttl"]
+    done = []
+    for run_id in dict.fromkeys(run_ids):
+        row = conn.execute("SELECT task_id, profile, state, kill_reason FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None or row["state"] not in ("starting", "running") or row["kill_reason"] is not None:
+            continue
+        if not cfg["profiles"].get(row["profile"] or "", {}).get("heartbeat_from_output", True):
+            continue
+        conn.execute("UPDATE runs SET last_heartbeat=?, claim_expires=max(claim_expires, ?) WHERE id=?",
+                     (now, now + ttl, run_id))
+        tasks.emit(conn, now, "heartbeat", row["task_id"], run_id, source="output")
+        done.append(run_id)
+    return {"runs": done}
 
 
 def expired_claims(conn: sqlite3.Connection, now: float) -> list[sqlite3.Row]:

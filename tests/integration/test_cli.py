@@ -405,8 +405,9 @@ def test_check_config_accepts_good_and_missing_files(make_daemon):
 
 # ---- the client stays small -------------------------------------------------------------------
 
-FORBIDDEN = ("daemon", "yaml", "structlog", "psutil", "setproctitle", "sdnotify", "sqlite3", "_sqlite3",
-             "starlette", "uvicorn", "asyncio")
+FORBIDDEN = ("daemon", "yaml", "structlog", "psutil", "setproctitle", "sdnotify", "sqlite3", "_sqlite3")
+#: The web role's stack and the MCP SDK with what it pulls in: only `kanban mcp` may import the SDK's.
+MCP_SDK = ("mcp", "mcp_types", "pydantic", "pydantic_core", "anyio", "starlette", "httpx", "uvicorn", "asyncio")
 
 _PROBE = """
 import json, os, sys
@@ -433,9 +434,23 @@ def test_client_imports_no_daemon_code(d, argv, tmp_path):
                          env=env, timeout=30, cwd=str(REPO))
     data = json.loads(out.read_text())
     assert data["rc"] in (0, 1, 2), res.stderr
-    bad = [m for m in data["modules"] if m.split(".")[0] in FORBIDDEN]
+    bad = [m for m in data["modules"] if m.split(".")[0] in FORBIDDEN + MCP_SDK]
     assert not bad, f"kanban {' '.join(argv)} imported {bad}"
     assert "client.cli" in data["modules"]
+
+
+def test_kanban_mcp_imports_the_sdk_and_still_no_daemon_code(d, tmp_path):
+    """`kanban mcp` is the one verb that imports the MCP SDK; it serves until stdin closes (here at once)."""
+    out = tmp_path / "mods.json"
+    env = d.env({"PROBE_OUT": str(out)})
+    env.pop("PYTHONPATH", None)
+    res = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(["mcp"])], capture_output=True, text=True,
+                         env=env, timeout=60, cwd=str(REPO), stdin=subprocess.DEVNULL)
+    data = json.loads(out.read_text())
+    assert data["rc"] == 0, res.stderr
+    assert "mcp.server.lowlevel" in data["modules"] and "client.mcp" in data["modules"]
+    bad = [m for m in data["modules"] if m.split(".")[0] in FORBIDDEN]
+    assert not bad, f"kanban mcp imported {bad}"
 
 
 def test_console_script_import_time_has_no_daemon_modules(d):

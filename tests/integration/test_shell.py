@@ -117,7 +117,7 @@ t global kanban --ver
 """)
     r = results(out)
     from client import cli
-    top = {v.split()[0] for v in cli.verbs()} | {"completion"}
+    top = {v.split()[0] for v in cli.verbs()} | {"completion", "mcp"}
     assert set(r["verbs"]) == top
     assert r["li"] == ["link", "list"]
     assert r["sortflag"] == ["--sort"]

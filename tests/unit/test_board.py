@@ -563,6 +563,12 @@ def test_every_mutation_writes_an_event(conn):
     (dict(preset=None, exit_code=127, signal=None, spawn_error="no such file"), "spawn_failed"),
     (dict(preset=None, exit_code=None, signal=None, lost="pid reused"), "lost"),
     (dict(preset=None, exit_code=None, signal=None), "crashed"),
+    # the log matched the profile's rate_limit_patterns: a run that ended without completing cools down
+    (dict(preset=None, exit_code=1, signal=None, rate_limit_matched=True), "rate_limited"),
+    (dict(preset=None, exit_code=0, signal=None, rate_limit_matched=True), "rate_limited"),
+    (dict(preset=None, exit_code=None, signal=9, rate_limit_matched=True), "crashed"),
+    (dict(preset="completed", exit_code=1, signal=None, rate_limit_matched=True), "completed"),
+    (dict(preset=None, exit_code=1, signal=None, killed_for="stale", rate_limit_matched=True), "stale"),
 ])
 def test_decode_exit(kw, want):
     got = runs.decode_exit(**kw)
