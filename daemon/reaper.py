@@ -227,10 +227,16 @@ class Reaper:
             if spawner.lock_held(spawner.lock_file(self.paths["runs"], run_id)):
                 continue
             for name in files:
+                path = os.path.join(self.paths["runs"], name)
                 try:
-                    os.unlink(os.path.join(self.paths["runs"], name))
+                    if name.endswith(".attachments") and not os.path.islink(path):
+                        attachstore.drop_snapshot(self.paths["runs"], run_id)  # a read-only directory
+                    elif not os.path.isdir(path) or os.path.islink(path):
+                        os.unlink(path)
                 except FileNotFoundError:
                     pass
+                except OSError as exc:  # never let a leftover take the reaper down
+                    log.warning("run.file_left", run=run_id, path=path, error=str(exc))
             log.info("run.files_removed", run=run_id, files=sorted(files), reason="the board has ended the run")
 
     def adopt(self, run: dict[str, Any], info: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ path); :meth:`Daemon.cleanup` kills exactly those processes and no others.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -132,7 +133,9 @@ def on_tty(d: "Daemon", *args: str, env: dict[str, str] | None = None) -> str:
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
+    """A deep copy of ``base`` with ``extra`` merged in: a test that edits its daemon's ``cfg``
+    in place can never change ``FAST`` (or another test's config) behind everyone's back."""
+    out = copy.deepcopy(base)
     for k, v in extra.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out

@@ -184,12 +184,7 @@ def create(conn: sqlite3.Connection, now: float, *, title: str, body: str | None
                            (idempotency_key,)).fetchone()
         if row:
             return task_dict(conn, row[0]), False
-    runtime = None
-    if max_runtime is not None:
-        try:
-            runtime = parse_duration(max_runtime)
-        except ValueError as exc:
-            raise RPCError("invalid_params", f"max_runtime: {exc}", field="max_runtime") from None
+    runtime = None if max_runtime is None else parse_runtime(max_runtime)
     if max_retries is not None and max_retries < 1:
         raise RPCError("invalid_params", "max_retries must be at least 1", field="max_retries")
     verify_argv = parse_verify(verify) if verify is not None else None
@@ -250,6 +245,27 @@ def parse_verify(text: str) -> list[str]:
         return shlex.split(text)
     except ValueError as exc:
         raise RPCError("invalid_params", f"verify {text!r}: {exc}", field="verify") from None
+
+
+#: The longest max_runtime a task may ask for (a year): anything longer is a typo, not a limit.
+MAX_RUNTIME = 366 * 86400.0
+
+
+def parse_runtime(value: str) -> float:
+    """A task's ``max_runtime`` in seconds: more than 0 and at most :data:`MAX_RUNTIME`.
+
+    Raises:
+        RPCError: ``invalid_params`` naming ``max_runtime`` (0 is refused: it is not "no limit";
+            a task without ``--max-runtime`` has the profile's limit, or none).
+    """
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise RPCError("invalid_params", f"max_runtime: {exc}", field="max_runtime") from None
+    if not 0 < seconds <= MAX_RUNTIME:
+        raise RPCError("invalid_params", f"max_runtime {value!r} must be more than 0 and at most 366d",
+                       field="max_runtime")
+    return seconds
 
 
 def _would_cycle(conn: sqlite3.Connection, parent: str, child: str) -> bool:
@@ -400,7 +416,9 @@ def archive(conn: sqlite3.Connection, now: float, ids: list[str]) -> dict[str, A
     out, promoted = [], []
     for task_id in ids:
         row = get(conn, task_id)
-        fenced = row["current_run"] if row["status"] in ("running", "review") else None
+        # any live run ends with the task: a running one, a reviewer's, or a worker that lingers after
+        # completing (its outcome stays what its worker said)
+        fenced = live_run(conn, task_id)
         if fenced:
             fenced = fenced if end_run(conn, now, fenced, "cancel", outcome="cancelled") else None
         set_status(conn, now, row, "archive", current_run=None)
@@ -436,28 +454,39 @@ def assign(conn: sqlite3.Connection, now: float, task_id: str, assignee: str | N
     return task_dict(conn, task_id)
 
 
+def live_run(conn: sqlite3.Connection, task_id: str) -> str | None:
+    """The id of the task's run that has not ended (some process of it may be alive), if any:
+    also after the task left ``running`` (a worker that lingers after ``kanban complete``)."""
+    row = conn.execute("SELECT id FROM runs WHERE task_id=? AND state != 'ended' ORDER BY claimed_at DESC LIMIT 1",
+                       (task_id,)).fetchone()
+    return row[0] if row else None
+
+
 def kill(conn: sqlite3.Connection, now: float, ids: list[str], block_reason: str | None = None
          ) -> dict[str, Any]:
-    """End each task's current run now (TERM, KILL after ``kill_grace``).
+    """End each task's live run now (TERM, KILL after ``kill_grace``), whatever the task's status.
 
-    Without ``block_reason`` the run's outcome is ``killed`` and the task is
-    requeued (not a failure) once the run's processes are gone; with it the
-    task is blocked at once, like an operator's block.
+    For a running task, without ``block_reason`` the run's outcome is ``killed`` and
+    the task is requeued (not a failure) once the run's processes are gone; with it
+    the task is blocked at once, like an operator's block. For a task that already
+    left ``running`` (its worker completed, or blocked itself, and lingers), the run
+    is ended and the task keeps its status; the run keeps the outcome its worker gave.
 
     Raises:
-        RPCError: ``illegal_transition`` if a task is not running.
+        RPCError: ``illegal_transition`` if a task has no live run (naming its status).
     """
     _need_ids(ids)
     out = []
     for task_id in ids:
         row = get(conn, task_id)
-        if row["status"] != "running" or not row["current_run"]:
-            raise RPCError("illegal_transition", f"task {task_id} is {row['status']}; cannot kill it (no run)",
-                           task=task_id, status=row["status"], move="kill")
-        if block_reason is not None:
+        run = live_run(conn, task_id)
+        if run is None:
+            raise RPCError("illegal_transition", f"task {task_id} is {row['status']} and has no live run; "
+                           "nothing to kill", task=task_id, status=row["status"], move="kill")
+        if row["status"] == "running" and block_reason is not None:
             block(conn, now, [task_id], block_reason)
         else:
-            end_run(conn, now, row["current_run"], "kill", emit_event=True)
+            end_run(conn, now, run, "kill", emit_event=True)
         out.append(task_dict(conn, task_id))
     return {"tasks": out}
 
@@ -563,12 +592,7 @@ def edit(conn: sqlite3.Connection, now: float, task_id: str, title: str | None =
         if value in (None, "", "none"):
             cols["max_runtime"] = None
         else:
-            try:
-                cols["max_runtime"] = parse_duration(value)
-            except ValueError as exc:
-                raise RPCError("invalid_params", f"max_runtime: {exc}", field="max_runtime") from None
-            if cols["max_runtime"] <= 0:
-                raise RPCError("invalid_params", "max_runtime must be more than 0", field="max_runtime")
+            cols["max_runtime"] = parse_runtime(value)
     if "max_retries" in changes:
         transitions.check(task_id, row["status"], "edit --max-retries")
         if changes["max_retries"] is not None and changes["max_retries"] < 1:

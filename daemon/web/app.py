@@ -43,7 +43,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from client.protocol import METHODS
+from client.protocol import MAX_FRAME, METHODS, loads
 from daemon import __version__
 from daemon.board.transitions import STATUSES
 from daemon.web.rpc import DispatcherLink, RPCFailure
@@ -172,11 +172,19 @@ class BoardApp:
             return local_error("permission_denied" if known else "method_not_found",
                                f"{method} is not available from the web board" if known
                                else f"unknown method {method!r}", 403 if known else 404, method=method)
-        try:
-            body = await request.body()
-            params = json.loads(body) if body.strip() else {}
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_FRAME:
+            return local_error("frame_too_large", f"the request body exceeds {MAX_FRAME} bytes", 413, limit=MAX_FRAME)
+        body = bytearray()
+        async for chunk in request.stream():  # bounded whatever the headers claimed
+            body += chunk
+            if len(body) > MAX_FRAME:
+                return local_error("frame_too_large", f"the request body exceeds {MAX_FRAME} bytes", 413,
+                                   limit=MAX_FRAME)
+        try:  # the registry's strict parser: bounded depth, no NaN/Infinity, valid UTF-8
+            params = loads(bytes(body)) if bytes(body).strip() else {}
         except ValueError as exc:
-            return local_error("parse_error", f"request body is not JSON: {exc}", 400)
+            return local_error("parse_error", f"request body is not JSON kanband accepts: {exc}", 400)
         if not isinstance(params, dict):
             return local_error("invalid_params", "params must be a JSON object", 400, field="params")
         if method == "task.create":

@@ -25,6 +25,8 @@ from typing import Any
 
 import structlog
 
+from client.protocol import ERRORS, MAX_FRAME, dumps
+
 log = structlog.get_logger()
 
 #: A response line as the dispatcher encodes it (``daemon.ipc.encode``): id first, then result.
@@ -166,10 +168,17 @@ class DispatcherLink:
         if self.writer is None:
             raise unavailable("the dispatcher is not reachable")
         rid = next(self.ids)
+        try:  # the registry's encoder: NaN/Infinity refused here, never sent as invalid JSON
+            frame = dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}).encode() + b"\n"
+        except ValueError as exc:
+            raise RPCFailure({"code": ERRORS["invalid_params"], "message": f"{method}: {exc}",
+                              "data": {"name": "invalid_params", "field": "params"}}) from None
+        if len(frame) > MAX_FRAME:
+            raise RPCFailure({"code": ERRORS["frame_too_large"], "message": f"{method}: the request exceeds "
+                              f"{MAX_FRAME} bytes", "data": {"name": "frame_too_large", "limit": MAX_FRAME}})
         fut = asyncio.get_running_loop().create_future()
         self.waiting[rid] = fut
-        self.writer.write(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}},
-                                     separators=(",", ":")).encode() + b"\n")
+        self.writer.write(frame)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:

@@ -289,7 +289,9 @@ def test_output_heartbeats_are_coalesced_to_one_per_quarter_claim(make_daemon):
                               "done\nkanban complete\n")]}})
     t = d.cli_json("create", "very chatty", "-a", "chatty")
     d.wait_status(t["id"], "done", timeout=30)
-    (run,) = d.rpc("task.runs", {"id": t["id"]})["runs"]
+    # the run ends a moment after the task is done: once its worker has exited
+    (run,) = wait_for(lambda: (rs := d.rpc("task.runs", {"id": t["id"]})["runs"]) and rs[0]["state"] == "ended"
+                      and rs, what="the run to end")
     beats = [e["at"] for e in d.rpc("events.since", {"task": t["id"], "kinds": ["heartbeat"]})["events"]]
     assert len(beats) >= 2  # it did count as alive, more than once
     gaps = [b - a for a, b in zip(beats, beats[1:])]

@@ -339,3 +339,24 @@ def test_status_says_which_containment_is_in_force(make_daemon):
     res = subprocess.run([KANBAND, "--config", d2.config_path, "--state-dir", d2.state, "--socket", d2.socket],
                          capture_output=True, text=True, env=d2.env(), timeout=20)
     assert res.returncode == 2 and "/nonexistent/cg" in res.stderr and "containment" in res.stderr
+
+
+def test_a_worker_lingering_after_complete_can_be_killed_and_archived(make_daemon):
+    """A worker that completes and then hangs (ignoring TERM) keeps its run live and its slot; the operator
+    can end it with `kanban kill` (the task stays done, the run keeps its `completed`), or `kanban archive`."""
+    d = make_daemon({"dispatch": {"kill_grace": "0.5s", "tick": "30s"}}, start=False)
+    paths = profiles(d, w='kanban complete -m "done early"\ntrap "" TERM\nwhile :; do sleep 0.1; done\n')
+    d.start()
+    for verb in ("kill", "archive"):
+        t = d.cli_json("create", f"lingers ({verb})", "-a", "w")["id"]
+        d.wait_status(t, "done")
+        run = wait_for(lambda: (r := runs(d, t)) and r[0]["worker_pid"] and r[0], what="the run's pids")
+        assert run["state"] != "ended" and containment.alive(run["worker_pid"])
+        d.cli(verb, t)
+        wait_for(lambda: runs(d, t)[0]["state"] == "ended", timeout=10, what=f"{verb} to end the lingering run")
+        r = runs(d, t)[0]
+        assert r["outcome"] == "completed" and not containment.alive(run["worker_pid"])
+        assert d.task(t)["status"] == ("done" if verb == "kill" else "archived")
+    assert procs_with(paths["w"]) == []
+    err = d.cli("kill", t, check=False)
+    assert err.returncode == 1 and "has no live run" in err.stderr

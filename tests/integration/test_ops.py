@@ -346,7 +346,8 @@ def test_init_without_a_daemon_says_what_to_start(make_daemon):
 
 def test_watch_ends_on_sigint_even_when_sigint_was_inherited_as_ignored(daemon):
     """`make test &` (or any background job) starts with SIGINT ignored; Ctrl-C must still end watch."""
-    p = subprocess.Popen([KANBAN, "watch", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    # --after 0: the create is replayed even if it lands before the follow is set up (no race)
+    p = subprocess.Popen([KANBAN, "watch", "--json", "--after", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=daemon.env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         daemon.cli("create", "seen by watch")

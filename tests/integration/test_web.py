@@ -317,3 +317,17 @@ def test_attachments_upload_and_download(make_daemon):
     assert status == 404
     # no token, no file
     assert request(hostport, "GET", f"/api/tasks/{tid}/attachments/{quoted}")[0] == 401
+
+
+def test_hostile_bodies_get_an_immediate_named_error(make_daemon):
+    """NaN, a body nested 100k deep and a body over the frame cap: each an immediate 4xx naming the
+    error (the socket's own answers), never a 30 s wait, a 500 or a traceback."""
+    d = make_daemon(WEB_ON)
+    hostport, hdrs = session(d)
+    for body, status, name in ((b'{"title":"x","priority":NaN}', 400, "parse_error"),
+                               (b"[" * 100_000 + b"]" * 100_000, 400, "parse_error"),
+                               (b'{"title":"' + b"x" * (2 << 20) + b'"}', 413, "frame_too_large")):
+        got, _, out = request(hostport, "POST", "/api/rpc/task.create", body, hdrs)
+        assert got == status and json.loads(out)["error"]["data"]["name"] == name, (got, out[:200])
+    assert not [e for e in d.log_events() if "Traceback" in json.dumps(e)]
+    assert d.cli_json("list")["tasks"] == []

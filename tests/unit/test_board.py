@@ -855,3 +855,10 @@ def test_older_db_upgrades_in_place_and_a_failed_migration_rolls_back(tmp_path, 
     assert db.version(c) == v + 1
     assert c.execute("SELECT title, note FROM tasks WHERE id=?", (t["id"],)).fetchone()[:] == ("survivor", None)
     c.close()
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "400d", "99999999999d"])
+def test_max_runtime_must_be_a_real_limit(conn, value):
+    with pytest.raises(RPCError) as exc:
+        w(conn, tasks.create, NOW, title="t", max_runtime=value)
+    assert exc.value.name == "invalid_params" and exc.value.data["field"] == "max_runtime"
