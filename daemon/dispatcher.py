@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 
 from client.protocol import METHODS, RPCError, check_params
-from daemon import attachstore, containment, fsguard, gc, ipc, roles, spawner
+from daemon import attachstore, authz, containment, fsguard, gc, ipc, roles
 from daemon.board import attachments, context
 from daemon.board import db as boarddb
 from daemon.board import acceptance, integrity, plan, requests, runs, schedule, tasks
@@ -50,8 +50,6 @@ SHOW_CACHE_MAX = 4096
 WAKE_KINDS = frozenset({"created", "completed", "unblocked", "promoted", "archived", "requeued", "exited",
                         "assigned", "unlinked", "edited", "blocked", "gave_up", "retried", "reopened", "due",
                         "rejected", "review_requested", "changes_requested"})
-#: Methods by which a reviewer run ends its review (see :meth:`Dispatcher.authorize`).
-REVIEW_METHODS = frozenset({"task.approve", "task.request_changes"})
 
 
 class Deferred:
@@ -355,106 +353,15 @@ class Dispatcher:
             log.exception("rpc.handler_crashed", method=r.method)
             return ipc.error_frame(r.id, RPCError("internal_error", f"{r.method}: {type(exc).__name__}: {exc}"))
 
-    # ---- who may say what -------------------------------------------------
+    # ---- who may say what (daemon/authz.py) --------------------------------
 
     def scope(self, conn: ipc.Connection) -> tuple[str, str | None]:
-        """The caller's side (see :func:`daemon.containment.identify`), cached per connection."""
-        if conn.scope is None or conn.scope[0] == "gone":
-            conn.scope = containment.identify(conn.peer_pid, self.role_pids, self.contain, self._known_wrapper)
-        return conn.scope
+        """The caller's side, cached per connection (see :func:`daemon.authz.scope`)."""
+        return authz.scope(self, conn)
 
     def authorize(self, conn: ipc.Connection, method: Any, p: dict[str, Any]) -> None:
-        """Internal methods come only from the daemon's roles; a worker acts only on its own run.
-
-        Raises:
-            RPCError: ``permission_denied`` naming the method, and for a worker the run and task.
-        """
-        if method.internal:
-            if conn.peer_pid not in self.role_pids:  # a role forked a moment ago: read its announcement
-                self.on_channel(roles.recv(self.ctx.channel) or [])
-            if conn.peer_pid not in self.role_pids:
-                log.warning("rpc.internal_refused", method=method.name, peer_pid=conn.peer_pid)
-                raise RPCError("permission_denied", f"{method.name} is internal to kanband's roles; pid "
-                               f"{conn.peer_pid} is not one of them", method=method.name, pid=conn.peer_pid)
-            return
-        kind, run_id = self.scope(conn)
-        token = p.get("run")
-        if kind == "role":
-            return
-        if kind in ("gone", "orphan"):
-            raise RPCError("permission_denied", f"{method.name}: the caller (pid {conn.peer_pid}) is "
-                           f"{'gone' if kind == 'gone' else 'a leftover process of an ended run'}; refused",
-                           method=method.name, pid=conn.peer_pid)
-        if kind == "operator":
-            if token and self.db.execute("SELECT 1 FROM runs WHERE id=? AND state != 'ended'", (token,)).fetchone():
-                raise RPCError("permission_denied", f"{method.name}: run {token} belongs to its worker's "
-                               "processes; a token copied into another process is refused", method=method.name,
-                               run=token)
-            return
-        row = self.db.execute("SELECT task_id, profile, kind FROM runs WHERE id=?", (run_id,)).fetchone()
-        task = row["task_id"] if row else None
-        prof = self.cfg["profiles"].get(row["profile"] if row else "", {})
-        if method.name in REVIEW_METHODS:  # nobody reviews their own work, orchestrators included
-            targets = p.get("ids") or [p.get("id")]
-            for t in targets:
-                why = acceptance.implemented_by(self.db, t, run_id, row["profile"] if row else None)
-                if why:
-                    raise self._denied(method.name, run_id, task, why)
-            if prof.get("role") != "orchestrator" and (row is None or row["kind"] != "review"):
-                raise self._denied(method.name, run_id, task, "only a reviewer run (a review_by profile's) approves "
-                                   "or requests changes")
-        if prof.get("role") == "orchestrator":
-            if token and token != run_id:
-                raise self._denied(method.name, run_id, task, f"run token {token} is not this process's run")
-            return
-        if token and token != run_id:
-            raise self._denied(method.name, run_id, task, f"run token {token} is not this process's run")
-        name = method.name
-        if name in ("task.complete", "task.block"):
-            targets = p.get("ids") or []
-        elif name in ("task.heartbeat", "task.comment", "attach.begin", "task.request_changes"):
-            targets = [p.get("id")]  # a worker attaches files to its own task (never detaches)
-        elif name == "task.approve":
-            targets = p.get("ids") or []
-        elif name == "attach.commit":
-            return  # commits only uploads this connection began, each authorized by attach.begin
-        elif name == "task.detach":
-            raise self._denied(name, run_id, task, "a worker may attach files to its task but not detach them")
-        elif name == "task.create":
-            parents = p.get("parents") or []
-            if not parents or not all(self._in_subtree(task, x) for x in parents):
-                raise self._denied(name, run_id, task, f"a worker creates tasks only under its own task {task} "
-                                   "(pass --parent)")
-            return
-        elif name == "task.link":
-            if not (self._in_subtree(task, p["parent"]) and self._in_subtree(task, p["child"])
-                    and p["child"] != task):
-                raise self._denied(name, run_id, task, f"a worker links only tasks under its own task {task}")
-            return
-        else:
-            raise self._denied(name, run_id, task, "a worker may only act on its own task")
-        if any(t != task for t in targets):
-            other = next(t for t in targets if t != task)
-            raise self._denied(name, run_id, task, f"task {other} is not this worker's task")
-
-    def _known_wrapper(self, pid: int, run_id: str) -> bool:
-        """True if ``pid`` is the wrapper of ``run_id``, a run that has not ended: the board
-        recorded that pid, or the wrapper's own pid file names it (see
-        :func:`daemon.spawner.wrapper_on_record`)."""
-        row = self.db.execute("SELECT pid FROM runs WHERE id=? AND state != 'ended'", (run_id,)).fetchone()
-        return row is not None and (row[0] == pid or spawner.wrapper_on_record(self.paths["runs"], run_id, pid))
-
-    def _in_subtree(self, root: str | None, task_id: str) -> bool:
-        if root is None or not isinstance(task_id, str):
-            return False
-        return task_id == root or self.db.execute(
-            "WITH RECURSIVE d(id) AS (SELECT ? UNION SELECT l.child FROM links l JOIN d ON l.parent=d.id) "
-            "SELECT 1 FROM d WHERE id=? LIMIT 1", (root, task_id)).fetchone() is not None
-
-    @staticmethod
-    def _denied(method: str, run_id: str | None, task: str | None, why: str) -> RPCError:
-        return RPCError("permission_denied", f"{method}: {why} (caller is run {run_id} of task {task})",
-                        method=method, run=run_id, task=task)
+        """See :func:`daemon.authz.authorize`."""
+        authz.authorize(self, conn, method, p)
 
     # ---- followers -------------------------------------------------------
 
