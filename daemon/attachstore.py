@@ -178,7 +178,7 @@ class Uploads:
         return {"upload": upload_id, "received": up.written}
 
     def abort(self, up: Upload) -> None:
-        """Discard an upload: close and delete its temp file."""
+        """Forget an upload: close and delete its temp file (after a commit, only the temp name)."""
         self.items.pop(up.id, None)
         if up.fd >= 0:
             os.close(up.fd)
@@ -249,14 +249,7 @@ class Uploads:
             self._undo(done)
             raise RPCError("unavailable", f"cannot store the attachments: {exc.strerror or exc}") from None
         for up, _ in placements:
-            self.items.pop(up.id, None)
-            if up.fd >= 0:
-                os.close(up.fd)
-                up.fd = -1
-            try:
-                os.unlink(up.tmp)
-            except FileNotFoundError:
-                pass
+            self.abort(up)  # its bytes are linked in place: drop the upload and its temp name
         for d in dirs | {self.tmpdir}:
             _fsync_dir(d)
         return done
