@@ -470,10 +470,12 @@ def kill(conn: sqlite3.Connection, now: float, ids: list[str], block_reason: str
     the task is requeued (not a failure) once the run's processes are gone; with it
     the task is blocked at once, like an operator's block. For a task that already
     left ``running`` (its worker completed, or blocked itself, and lingers), the run
-    is ended and the task keeps its status; the run keeps the outcome its worker gave.
+    is ended and the task keeps its status; the run keeps the outcome its worker gave;
+    ``block_reason`` then blocks the task too where the transition table allows it.
 
     Raises:
-        RPCError: ``illegal_transition`` if a task has no live run (naming its status).
+        RPCError: ``illegal_transition`` if a task has no live run (naming its status), or
+            ``block_reason`` is given and the task's status cannot be blocked (done).
     """
     _need_ids(ids)
     out = []
@@ -483,9 +485,10 @@ def kill(conn: sqlite3.Connection, now: float, ids: list[str], block_reason: str
         if run is None:
             raise RPCError("illegal_transition", f"task {task_id} is {row['status']} and has no live run; "
                            "nothing to kill", task=task_id, status=row["status"], move="kill")
-        if row["status"] == "running" and block_reason is not None:
-            block(conn, now, [task_id], block_reason)
-        else:
+        if block_reason is not None:  # through the transition table: refused where a block is (done...)
+            transitions.move(task_id, row["status"], "block", open_parents=0)
+            block(conn, now, [task_id], block_reason)  # a running task's run ends with its block
+        if block_reason is None or row["status"] != "running":
             end_run(conn, now, run, "kill", emit_event=True)
         out.append(task_dict(conn, task_id))
     return {"tasks": out}

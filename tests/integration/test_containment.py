@@ -360,3 +360,16 @@ def test_a_worker_lingering_after_complete_can_be_killed_and_archived(make_daemo
     assert procs_with(paths["w"]) == []
     err = d.cli("kill", t, check=False)
     assert err.returncode == 1 and "has no live run" in err.stderr
+
+
+def test_kill_block_of_a_done_task_with_a_lingering_run_is_refused_and_changes_nothing(make_daemon):
+    d = make_daemon({"dispatch": {"kill_grace": "0.5s", "tick": "30s"}}, start=False)
+    profiles(d, w='kanban complete -m "done early"\nwhile :; do sleep 0.1; done\n')
+    d.start()
+    t = d.cli_json("create", "lingers", "-a", "w")["id"]
+    d.wait_status(t, "done")
+    res = d.cli("kill", t, "--block", "no", check=False)
+    assert res.returncode == 1 and "illegal_transition" in res.stderr and "done" in res.stderr
+    assert d.task(t)["status"] == "done" and runs(d, t)[0]["state"] != "ended"  # nothing changed
+    d.cli("kill", t)
+    wait_for(lambda: runs(d, t)[0]["state"] == "ended", what="the plain kill to end it")
