@@ -376,7 +376,10 @@ class Bridge:
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
-    """``{name, message, data}`` for a failed call: the daemon's error name, or what went wrong on our side."""
+    """``{name, message, data}`` for a failed call: the daemon's error name, or what went wrong on our side.
+
+    An exception that is none of the expected kinds is a bug of ours: it still becomes a tool error
+    (the server stays up for the agent), and its traceback goes to stderr, the MCP host's log."""
     if isinstance(exc, ServerError):
         return {"name": exc.name, "message": str(exc),
                 "data": {k: v for k, v in (exc.error.get("data") or {}).items() if k != "name"}}
@@ -388,6 +391,9 @@ def error_payload(exc: BaseException) -> dict[str, Any]:
         return {"name": "connect_refused", "message": str(exc), "data": {}}
     name = "file_error" if type(exc).__name__ == "FileError" else "connection_failed" if isinstance(exc, OSError) \
         else "internal_error"
+    if name == "internal_error":
+        import traceback
+        traceback.print_exception(exc, file=sys.stderr)
     return {"name": name, "message": f"{type(exc).__name__}: {exc}" if name == "internal_error" else str(exc),
             "data": {}}
 

@@ -589,7 +589,7 @@ def collect(plan: dict[str, Any]) -> dict[str, Any]:
     for t in plan["tasks"]:
         try:
             results.append(collect_task(t, roots, repo, dry))
-        except Exception as exc:  # one task's surprise (git missing, a file-system error) spares the others
+        except (OSError, subprocess.SubprocessError) as exc:  # git missing, a file-system error: spares the others
             results.append({"task": t["id"], "freed": {k: [0, 0] for k in KINDS}, "attachments_gone": False,
                             "kept": [{"what": "task", "path": t["id"], "why": f"{type(exc).__name__}: {exc}"}]})
     ids = [t["id"] for t in plan["tasks"] if _TASK_ID.match(t["id"])]

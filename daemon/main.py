@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--now", action="store_true", help="also run systemctl --user disable --now and daemon-reload")
     svc_sub.add_parser("status", help="is the unit installed and the daemon answering; the systemctl and "
                                       "journalctl commands to use")
+    prof = sub.add_parser("profile", help="agent profiles (what `kanban init --agent NAME` runs)")
+    prof_sub = prof.add_subparsers(dest="action", required=True)
+    padd = prof_sub.add_parser("add", help="add the shipped agent profile NAME to a config file, keeping the "
+                                           "file's comments and layout; prints one JSON line")
+    padd.add_argument("name", help="agent profile (examples/agents/NAME.yaml)")
+    padd.add_argument("--to", required=True, metavar="FILE", help="the config file to add it to")
     return p
 
 
@@ -175,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 ok (or stopped cleanly), 1 a start-up check failed (unsafe directory, board missing or
     damaged, disk read-only or full, already running, socket in use), 2 bad config or arguments."""
     args = build_parser().parse_args(argv)
+    if args.command == "profile":  # edits a config file: it need not load (or exist) yet
+        from daemon import agentprofile
+        return agentprofile.main(args.name, args.to)
     config_path = Path(args.config) if args.config else default_config_path(args.board)
     if args.config and not config_path.exists():
         return fail(f"config file {config_path} does not exist", 2)

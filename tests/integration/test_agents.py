@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from client import agentinit, cli
+from daemon import agentprofile
 from daemon import config as config_mod
 from daemon.board import runs
 from tests.harness import KANBAND, REPO, wait_for, write_script
@@ -186,7 +187,7 @@ def test_init_agent_writes_the_running_daemon_s_config_and_it_reloads(make_daemo
      "a: 1\nprofiles:\n  y:\n    command: [b]\n\n  x:\n    command: [a]\nz: 2\n"),
 ])
 def test_insert_profile_layouts(text, expect):
-    assert agentinit.insert_profile(text, "x:\n  command: [a]\n") == expect
+    assert agentprofile.insert_profile(text, "x:\n  command: [a]\n") == expect
 
 
 # ---- rate-limit patterns at a run's end --------------------------------------------------------------------

@@ -298,13 +298,13 @@ def cgroup_root():
     parent = os.path.join(mount, own.lstrip("/"))
     path = tempfile.mkdtemp(prefix="kanband-test-", dir=parent)
     yield path
-    for _ in range(100):  # run cgroups are removed by the daemon; anything left, and ours, go here
+    def removed() -> bool:  # run cgroups are removed by the daemon; anything left, and ours, go here
         for sub in sorted(Path(path).glob("run-*")):
             containment.cgroup_kill(str(sub))
             containment.remove_cgroup(str(sub))
-        if containment.remove_cgroup(path):
-            break
-        time.sleep(0.05)
+        return containment.remove_cgroup(path)
+
+    wait_for(removed, timeout=5, interval=0.05, what=f"the test's cgroup {path} to be removed")
     assert not os.path.exists(path)
 
 

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests.harness import wait_for
+
 from daemon import spawner, workspaces
 
 
@@ -171,8 +173,7 @@ def test_symlink_swap_race_never_deletes_outside_the_root(tmp_path):
     results: dict[str, int] = {}
     try:
         deadline = time.monotonic() + 60
-        while not os.path.lexists(ws) and time.monotonic() < deadline:  # the swapper is at work
-            time.sleep(0.01)
+        wait_for(lambda: os.path.lexists(ws), timeout=60, what="the swapper at work")
         calls = 0
         # at least 3000 calls, and until both a directory and a symlink were met in the task's place
         while (calls < 3000 or not (results.get("removed") and results.get("refused"))) \
